@@ -1,0 +1,188 @@
+"""Audio file I/O through pedalboard's ``AudioFile``: reading, chunked processing, atomic writing.
+
+Every failure is a one-line ``AudioFileError`` naming the file and the problem; an output file is only ever
+created by renaming a finished temporary file, so a failed run never leaves a half-written output behind.
+Audio is ``(channels, frames)`` float32 throughout, as pedalboard has it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from .errors import AudioFileError
+
+CHUNK_FRAMES = 1 << 16  # ~1.4 s at 48 kHz: bounded memory for files of any length
+
+
+def _open(path: str | os.PathLike):
+    from pedalboard.io import AudioFile
+
+    p = Path(path)
+    if not p.exists():
+        raise AudioFileError(f"{path}: no such file")
+    if p.is_dir():
+        raise AudioFileError(f"{path}: is a directory, not an audio file")
+    try:
+        return AudioFile(str(p))
+    except Exception as err:  # pedalboard raises ValueError/RuntimeError for unsupported or corrupt data
+        raise AudioFileError(f"{path}: cannot read audio ({_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip().splitlines()
+    return text[0] if text else type(err).__name__
+
+
+def audio_info(path: str | os.PathLike) -> tuple[float, int, int]:
+    """``(sample_rate, channels, frames)`` of an audio file."""
+    with _open(path) as f:
+        return float(f.samplerate), int(f.num_channels), int(f.frames)
+
+
+def iter_chunks(path: str | os.PathLike, chunk_frames: int = CHUNK_FRAMES) -> Iterator[np.ndarray]:
+    """Yield ``(channels, frames)`` float32 chunks, checking every chunk for NaN / Inf."""
+    with _open(path) as f:
+        if f.frames == 0:
+            raise AudioFileError(f"{path}: contains no audio (zero length)")
+        position = 0
+        while position < f.frames:
+            try:
+                chunk = f.read(min(chunk_frames, f.frames - position))
+            except Exception as err:
+                raise AudioFileError(f"{path}: corrupt audio at frame {position} ({_first_line(err)})") from None
+            if chunk.shape[-1] == 0:
+                break
+            if not np.isfinite(chunk).all():
+                bad = int(np.argmax(~np.isfinite(chunk).all(axis=0)))
+                raise AudioFileError(f"{path}: NaN or Inf sample at frame {position + bad}")
+            position += chunk.shape[-1]
+            yield np.ascontiguousarray(chunk, dtype=np.float32)
+
+
+def read_audio(path: str | os.PathLike, max_seconds: float | None = None) -> tuple[np.ndarray, float]:
+    """Read a whole file (or its first ``max_seconds``) as ``(channels, frames)`` float32 and its rate."""
+    rate, _, frames = audio_info(path)
+    limit = frames if max_seconds is None else min(frames, int(math.ceil(max_seconds * rate)))
+    chunks, total = [], 0
+    for chunk in iter_chunks(path):
+        chunks.append(chunk)
+        total += chunk.shape[-1]
+        if total >= limit:
+            break
+    audio = np.concatenate(chunks, axis=-1)[:, :limit]
+    return audio, rate
+
+
+@contextlib.contextmanager
+def atomic_output(path: str | os.PathLike) -> Iterator[str]:
+    """A temporary path beside ``path`` (same extension, so the format is kept); renamed onto ``path`` only if
+    the block finishes, removed otherwise."""
+    target = Path(path)
+    if target.is_dir():
+        raise AudioFileError(f"{path}: output path is a directory")
+    if not target.parent.exists():
+        raise AudioFileError(f"{path}: output folder {target.parent} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix or ".wav", dir=target.parent)
+    os.close(fd)
+    try:
+        yield tmp
+        os.replace(tmp, target)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+_DTYPE_BITS = {"int8": 8, "int16": 16, "int24": 24, "int32": 32, "float32": 32, "float64": 32}
+
+
+def _writer_options(path: str | os.PathLike, source_dtype: str | None = "float32") -> dict:
+    """Bit depth for the output: the input's (float32 for audio we made), within what the format can hold."""
+    ext = Path(path).suffix.lower()
+    if ext in (".wav", ".aif", ".aiff"):
+        return {"bit_depth": _DTYPE_BITS.get(source_dtype or "", 16)}
+    if ext == ".flac":
+        return {"bit_depth": min(24, _DTYPE_BITS.get(source_dtype or "", 16))}
+    return {}
+
+
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: float) -> None:
+    """Write ``(channels, frames)`` (or ``(frames,)``) float audio atomically; the format follows the extension."""
+    from pedalboard.io import AudioFile
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim == 1:
+        audio = audio[None, :]
+    with atomic_output(path) as tmp:
+        try:
+            with AudioFile(tmp, "w", samplerate=sample_rate, num_channels=audio.shape[0],
+                           **_writer_options(path)) as f:
+                f.write(audio)
+        except Exception as err:
+            raise AudioFileError(f"{path}: cannot write audio ({_first_line(err)})") from None
+
+
+def process_file(
+    in_path: str | os.PathLike,
+    out_path: str | os.PathLike,
+    make_processor: Callable[[float, int], Callable[[np.ndarray], np.ndarray]],
+    allow_clipping: bool = False,
+    progress: bool = True,
+    chunk_frames: int = CHUNK_FRAMES,
+) -> dict[str, float]:
+    """Stream ``in_path`` through a stateful block processor into ``out_path``, in bounded memory.
+
+    ``make_processor(sample_rate, channels)`` returns a fresh processor ``block -> block``. Unless
+    ``allow_clipping``, a first pass measures the output's peak; if it would pass 0 dBFS the second pass scales the
+    output down so it peaks at 0 dBFS (the returned ``scale_db`` says by how much). Output keeps the input's rate
+    and channel count. Returns ``{"sample_rate", "channels", "frames", "peak", "scale_db"}``.
+    """
+    from pedalboard.io import AudioFile
+    from tqdm import tqdm
+
+    rate, channels, frames = audio_info(in_path)
+    with _open(in_path) as f:
+        source_dtype = str(f.file_dtype)
+    if frames == 0:
+        raise AudioFileError(f"{in_path}: contains no audio (zero length)")
+    show = progress and frames > 30 * rate
+    passes = 1 if allow_clipping else 2
+    bar = tqdm(total=frames * passes, unit="frame", unit_scale=True, disable=not show, leave=False)
+
+    peak = 0.0
+    if not allow_clipping:
+        process = make_processor(rate, channels)
+        for chunk in iter_chunks(in_path, chunk_frames):
+            peak = max(peak, float(np.max(np.abs(process(chunk)), initial=0.0)))
+            bar.update(chunk.shape[-1])
+    scale = 1.0 if allow_clipping or peak <= 1.0 else 1.0 / peak
+    process = make_processor(rate, channels)
+    out_peak = 0.0
+    with atomic_output(out_path) as tmp:
+        try:
+            writer = AudioFile(tmp, "w", samplerate=rate, num_channels=channels,
+                               **_writer_options(out_path, source_dtype))
+        except Exception as err:
+            raise AudioFileError(f"{out_path}: cannot write audio ({_first_line(err)})") from None
+        with writer:
+            for chunk in iter_chunks(in_path, chunk_frames):
+                y = process(chunk)
+                if scale != 1.0:
+                    y *= scale
+                out_peak = max(out_peak, float(np.max(np.abs(y), initial=0.0)))
+                writer.write(y)
+                bar.update(chunk.shape[-1])
+    bar.close()
+    return {
+        "sample_rate": rate,
+        "channels": channels,
+        "frames": frames,
+        "peak": out_peak,
+        "scale_db": 20.0 * math.log10(scale),
+    }

@@ -1,0 +1,224 @@
+"""The EQ settings interchange format: one dataclass, one JSON layout, used by every feature.
+
+JSON layout (documented in the README)::
+
+    {"sample_rate": 48000,
+     "bands": [{"type": "peak", "freq_hz": 1000.0, "gain_db": 3.0, "q": 0.7}, ...],
+     "output_gain_db": 0.0,            # optional, applied after the bands
+     "provenance": {...}}              # optional, free JSON: prompts, weights, model hash, seed, tool version
+
+Bands are physical (Hz, dB, Q). ``sample_rate`` is the rate they were designed at; applying them at another rate
+re-designs the same physical bands for that rate (a band at or above the new Nyquist is an error, or is clamped to
+0.45 x rate on request).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import warnings
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+import numpy as np
+
+from .biquad import BAND_TYPES, GAIN_TYPES, design_sos
+from .errors import SettingsError
+
+CLAMP_FRACTION = 0.45  # where --clamp-bands moves a band that does not fit below Nyquist
+
+
+@dataclass(frozen=True)
+class Band:
+    """One EQ band: ``type`` in BAND_TYPES, ``freq_hz`` (Hz), ``gain_db`` (dB, peak and shelves only), ``q`` (> 0)."""
+
+    type: str
+    freq_hz: float
+    gain_db: float = 0.0
+    q: float = 0.7071
+
+    def __post_init__(self) -> None:
+        if self.type not in BAND_TYPES:
+            raise SettingsError(f"unknown band type {self.type!r} (expected one of {', '.join(BAND_TYPES)})")
+        for name in ("freq_hz", "gain_db", "q"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+                raise SettingsError(f"band {self.type} has a non-numeric or non-finite {name}: {value!r}")
+        if self.freq_hz <= 0:
+            raise SettingsError(f"band {self.type} has freq_hz {self.freq_hz} <= 0")
+        if self.q <= 0:
+            raise SettingsError(f"band {self.type} at {self.freq_hz:g} Hz has q {self.q} <= 0")
+
+    def describe(self) -> str:
+        gain = f" {self.gain_db:+.1f} dB" if self.type in GAIN_TYPES else ""
+        return f"{self.type:<10} {self.freq_hz:8.1f} Hz{gain} Q {self.q:.2f}"
+
+
+@dataclass
+class EQSettings:
+    """A parametric EQ: physical bands designed at ``sample_rate``, then ``output_gain_db``.
+
+    Pedalboard-like: ``settings(audio, sample_rate)`` returns the equalised audio ``(channels, frames)`` or
+    ``(frames,)``, and the bands are readable attributes (``settings.bands[0].gain_db``).
+
+    Example:
+        >>> eq = EQSettings(48000, [Band("peak", 1000.0, 3.0, 0.7)])
+        >>> y = eq(np.zeros((2, 480), np.float32), 48000)
+    """
+
+    sample_rate: float
+    bands: list[Band]
+    output_gain_db: float = 0.0
+    provenance: dict[str, Any] | None = field(default=None)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.sample_rate, (int, float)) or not self.sample_rate > 0:
+            raise SettingsError(f"sample_rate must be a positive number, got {self.sample_rate!r}")
+        if not math.isfinite(self.output_gain_db):
+            raise SettingsError(f"output_gain_db is not finite: {self.output_gain_db!r}")
+        self.check_nyquist(self.sample_rate)
+
+    # -- validation and re-design -------------------------------------------------------------------------------
+    def check_nyquist(self, sample_rate: float) -> None:
+        nyquist = sample_rate / 2.0
+        for i, band in enumerate(self.bands):
+            if band.freq_hz >= nyquist:
+                raise SettingsError(
+                    f"band {i} ({band.type} at {band.freq_hz:g} Hz) is at or above Nyquist ({nyquist:g} Hz) "
+                    f"for {sample_rate:g} Hz audio"
+                )
+
+    def for_rate(self, sample_rate: float, clamp: bool = False) -> "EQSettings":
+        """The same physical bands for audio at ``sample_rate``; bands at or above Nyquist raise, or move to
+        ``0.45 x sample_rate`` with a warning when ``clamp``."""
+        limit = CLAMP_FRACTION * sample_rate
+        bands = []
+        for i, band in enumerate(self.bands):
+            if band.freq_hz >= sample_rate / 2.0 and clamp:
+                warnings.warn(
+                    f"band {i} ({band.type} at {band.freq_hz:g} Hz) moved to {limit:g} Hz "
+                    f"(0.45 x {sample_rate:g} Hz)",
+                    stacklevel=2,
+                )
+                band = replace(band, freq_hz=limit)
+            bands.append(band)
+        return EQSettings(float(sample_rate), bands, self.output_gain_db, self.provenance)
+
+    def sos(self, sample_rate: float | None = None) -> np.ndarray:
+        """Normalised float64 sections ``(bands, 6)`` designed at ``sample_rate`` (default: the settings' own)."""
+        rate = float(self.sample_rate if sample_rate is None else sample_rate)
+        self.check_nyquist(rate)
+        if not self.bands:
+            return np.array([[1.0, 0.0, 0.0, 1.0, 0.0, 0.0]])
+        b = self.bands
+        return design_sos([x.type for x in b], [x.freq_hz for x in b], [x.gain_db for x in b], [x.q for x in b], rate)
+
+    # -- applying -----------------------------------------------------------------------------------------------
+    def __call__(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
+        """Equalise ``audio`` (``(channels, frames)`` or ``(frames,)``) at ``sample_rate`` with the numba engine."""
+        from .engine import BiquadCascade
+
+        x = np.asarray(audio, dtype=np.float32)
+        block = x[None, :] if x.ndim == 1 else x
+        cascade = BiquadCascade(self.sos(sample_rate), channels=block.shape[0], output_gain_db=self.output_gain_db)
+        y = cascade.process(np.ascontiguousarray(block))
+        return y[0] if x.ndim == 1 else y
+
+    def response_db(self, freqs_hz: np.ndarray, sample_rate: float | None = None) -> np.ndarray:
+        """Magnitude response in dB (output gain included) at ``freqs_hz``."""
+        from .biquad import cascade_response, magnitude_db
+
+        rate = float(self.sample_rate if sample_rate is None else sample_rate)
+        return magnitude_db(cascade_response(self.sos(rate), freqs_hz, rate)) + self.output_gain_db
+
+    # -- pedalboard ---------------------------------------------------------------------------------------------
+    def to_pedalboard(self):
+        """A ``pedalboard.Pedalboard`` of PeakFilter / LowShelfFilter / HighShelfFilter (+ Gain).
+
+        Pedalboard's low/high-pass filters are first order and its band-pass and notch have no gain-free equal,
+        so settings with those bands refuse conversion rather than sound different.
+        """
+        import pedalboard
+
+        makers = {
+            "peak": pedalboard.PeakFilter,
+            "low_shelf": pedalboard.LowShelfFilter,
+            "high_shelf": pedalboard.HighShelfFilter,
+        }
+        plugins = []
+        for i, band in enumerate(self.bands):
+            if band.type not in makers:
+                raise SettingsError(
+                    f"band {i} ({band.type}) has no pedalboard equivalent: pedalboard's filters of that kind are "
+                    "first order or differ from the RBJ design, so the EQ would not sound the same"
+                )
+            plugins.append(makers[band.type](cutoff_frequency_hz=band.freq_hz, gain_db=band.gain_db, q=band.q))
+        if self.output_gain_db:
+            plugins.append(pedalboard.Gain(gain_db=self.output_gain_db))
+        return pedalboard.Pedalboard(plugins)
+
+    # -- JSON ---------------------------------------------------------------------------------------------------
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "sample_rate": self.sample_rate,
+            "bands": [{"type": b.type, "freq_hz": b.freq_hz, "gain_db": b.gain_db, "q": b.q} for b in self.bands],
+            "output_gain_db": self.output_gain_db,
+        }
+        if self.provenance is not None:
+            out["provenance"] = self.provenance
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Any, source: str = "settings") -> "EQSettings":
+        """Build from the JSON layout; every problem raises a SettingsError naming ``source``."""
+        try:
+            if not isinstance(data, dict):
+                raise SettingsError("the top level must be a JSON object")
+            if "sample_rate" not in data or "bands" not in data:
+                raise SettingsError("needs 'sample_rate' and 'bands'")
+            if not isinstance(data["bands"], list):
+                raise SettingsError("'bands' must be a list")
+            bands = []
+            for i, raw in enumerate(data["bands"]):
+                if not isinstance(raw, dict) or "type" not in raw or "freq_hz" not in raw:
+                    raise SettingsError(f"band {i} needs at least 'type' and 'freq_hz'")
+                try:
+                    bands.append(Band(raw["type"], raw["freq_hz"], raw.get("gain_db", 0.0), raw.get("q", 0.7071)))
+                except SettingsError as err:
+                    raise SettingsError(f"band {i}: {err}") from None
+            gain = data.get("output_gain_db", 0.0)
+            if isinstance(gain, bool) or not isinstance(gain, (int, float)):
+                raise SettingsError(f"output_gain_db must be a number, got {gain!r}")
+            rate = data["sample_rate"]
+            if isinstance(rate, bool) or not isinstance(rate, (int, float)):
+                raise SettingsError(f"sample_rate must be a number, got {rate!r}")
+            return cls(float(rate), bands, float(gain), data.get("provenance"))
+        except SettingsError as err:
+            raise SettingsError(f"{source}: {err}") from None
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "EQSettings":
+        try:
+            with open(path, encoding="utf-8") as f:
+                text = f.read()
+        except OSError as err:
+            raise SettingsError(f"{path}: cannot read settings ({err.strerror or err})") from None
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise SettingsError(f"{path}: malformed JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        return cls.from_dict(data, source=str(path))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the JSON atomically (temporary file, then rename)."""
+        tmp = f"{path}.tmp-{os.getpid()}"
+        with open(tmp, "w", encoding="utf-8") as f:
+            json.dump(self.to_dict(), f, indent=2)
+            f.write("\n")
+        os.replace(tmp, path)
+
+    def __str__(self) -> str:
+        lines = [f"EQ @ {self.sample_rate:g} Hz, output {self.output_gain_db:+.1f} dB"]
+        lines += ["  " + b.describe() for b in self.bands]
+        return "\n".join(lines)

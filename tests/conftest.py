@@ -1,0 +1,25 @@
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def rng():
+    return np.random.default_rng(1234)
+
+
+def random_bands(rng, sample_rate, n=None, types=("peak", "low_shelf", "high_shelf", "low_pass", "high_pass"),
+                 gain=15.0, q=(0.3, 10.0)):
+    """Random physical bands: 20 Hz .. 0.45 x rate (log), gains +-gain dB, Q log-uniform in q."""
+    from timbreclip.dsp.settings import Band
+
+    n = n or int(rng.integers(1, 9))
+    return [
+        Band(str(rng.choice(types)), float(np.exp(rng.uniform(np.log(20.0), np.log(0.45 * sample_rate)))),
+             float(rng.uniform(-gain, gain)), float(np.exp(rng.uniform(np.log(q[0]), np.log(q[1])))))
+        for _ in range(n)
+    ]

@@ -1,0 +1,142 @@
+"""`timbreclip apply-eq`: file processing end to end, and every kind of bad input."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from timbreclip.cli import main
+from timbreclip.dsp.audio_io import read_audio, write_audio
+from timbreclip.dsp.settings import Band, EQSettings
+
+
+@pytest.fixture
+def settings_file(tmp_path):
+    path = tmp_path / "eq.json"
+    EQSettings(48000, [Band("peak", 1000.0, 6.0, 1.0), Band("high_shelf", 6000.0, -3.0, 0.7)]).save(path)
+    return path
+
+
+def _tone(tmp_path, name="in.wav", rate=44100, channels=2, seconds=1.0, amp=0.25):
+    t = np.arange(int(rate * seconds)) / rate
+    x = amp * np.sin(2 * np.pi * 440 * t)
+    audio = np.stack([x * (1 - 0.3 * c) for c in range(channels)]).astype(np.float32)
+    path = tmp_path / name
+    write_audio(path, audio, rate)
+    return path, audio
+
+
+@pytest.mark.parametrize("ext, rate, channels", [(".wav", 44100, 2), (".flac", 22050, 1), (".wav", 48000, 3)])
+def test_apply_eq_keeps_rate_and_channels(tmp_path, settings_file, ext, rate, channels, capsys):
+    src, audio = _tone(tmp_path, "in" + ext, rate, channels)
+    out = tmp_path / ("out" + ext)
+    assert main(["apply-eq", str(src), "-o", str(out), "--settings", str(settings_file),
+                 "--plot", str(tmp_path / "eq.png")]) == 0
+    y, out_rate = read_audio(out)
+    assert out_rate == rate and y.shape == audio.shape
+    want = EQSettings.load(settings_file)(audio, rate)
+    np.testing.assert_allclose(y, want, atol=1e-4 if ext == ".flac" else 1e-6)
+    assert (tmp_path / "eq.png").stat().st_size > 1000
+
+
+def test_never_clips_silently(tmp_path, capsys):
+    src, audio = _tone(tmp_path, amp=0.9)
+    loud = tmp_path / "loud.json"
+    EQSettings(48000, [Band("peak", 440.0, 12.0, 1.0)]).save(loud)
+    out = tmp_path / "out.wav"
+    assert main(["apply-eq", str(src), "-o", str(out), "--settings", str(loud)]) == 0
+    assert "scaled by" in capsys.readouterr().err
+    y, _ = read_audio(out)
+    assert np.abs(y).max() <= 1.0 + 1e-6 and np.abs(y).max() > 0.99
+    assert main(["apply-eq", str(src), "-o", str(out), "--settings", str(loud), "--allow-clipping"]) == 0
+    assert "scaled by" not in capsys.readouterr().err
+
+
+def test_band_above_nyquist_needs_clamp(tmp_path, capsys):
+    src, _ = _tone(tmp_path, rate=16000)
+    high = tmp_path / "high.json"
+    EQSettings(48000, [Band("peak", 12000.0, 3.0, 1.0)]).save(high)
+    out = tmp_path / "out.wav"
+    assert main(["apply-eq", str(src), "-o", str(out), "--settings", str(high)]) == 2
+    err = capsys.readouterr().err
+    assert "band 0 (peak at 12000 Hz)" in err and "--clamp-bands" in err and not out.exists()
+    assert main(["apply-eq", str(src), "-o", str(out), "--settings", str(high), "--clamp-bands"]) == 0
+    assert "moved to 7200 Hz" in capsys.readouterr().err and out.exists()
+
+
+def _write_nan(path):
+    import soundfile
+
+    x = np.zeros((1000, 1), np.float32)
+    x[500] = np.nan
+    soundfile.write(path, x, 16000, subtype="FLOAT")
+
+
+@pytest.mark.parametrize("case, fragment", [
+    ("missing", "no such file"),
+    ("corrupt", "cannot read audio"),
+    ("empty", "zero length"),
+    ("nan", "NaN or Inf sample at frame 500"),
+])
+def test_bad_audio_is_one_line_and_writes_nothing(tmp_path, settings_file, capsys, case, fragment):
+    src = tmp_path / "bad.wav"
+    if case == "corrupt":
+        src.write_bytes(b"RIFF\x10\x00\x00\x00WAVEjunkjunkjunk" * 10)
+    elif case == "empty":
+        write_audio(src, np.zeros((1, 0), np.float32), 16000)
+    elif case == "nan":
+        _write_nan(src)
+    out = tmp_path / "out.wav"
+    assert main(["apply-eq", str(src), "-o", str(out), "--settings", str(settings_file)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(src) in err and fragment in err, err
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")] == []
+
+
+@pytest.mark.parametrize("text, fragment", [
+    ("{oops", "malformed JSON"),
+    ('{"sample_rate": 48000, "bands": [{"type": "peak", "freq_hz": 30000}]}', "at or above Nyquist"),
+    ('{"sample_rate": 48000, "bands": [{"type": "peak", "freq_hz": 100, "q": -1}]}', "q -1 <= 0"),
+    ('{"sample_rate": 48000, "bands": [{"type": "bell", "freq_hz": 100}]}', "unknown band type"),
+])
+def test_bad_settings_are_one_line(tmp_path, capsys, text, fragment):
+    src, _ = _tone(tmp_path)
+    bad = tmp_path / "bad.json"
+    bad.write_text(text)
+    out = tmp_path / "out.wav"
+    assert main(["apply-eq", str(src), "-o", str(out), "--settings", str(bad)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and str(bad) in err and fragment in err, err
+    assert not out.exists()
+
+
+def test_existing_output_survives_a_failed_run(tmp_path, settings_file):
+    src = tmp_path / "bad.wav"
+    src.write_bytes(b"not audio at all")
+    out = tmp_path / "out.wav"
+    out.write_bytes(b"precious")
+    assert main(["apply-eq", str(src), "-o", str(out), "--settings", str(settings_file)]) == 2
+    assert out.read_bytes() == b"precious"
+
+
+def test_long_file_is_processed_in_chunks(tmp_path, settings_file):
+    rate = 8000
+    src, audio = _tone(tmp_path, rate=rate, channels=1, seconds=40.0)  # > CHUNK_FRAMES, > 30 s progress threshold
+    out = tmp_path / "out.wav"
+    assert main(["apply-eq", str(src), "-o", str(out), "--settings", str(settings_file), "--clamp-bands"]) == 0
+    y, _ = read_audio(out)
+    assert y.shape == audio.shape
+
+
+def test_console_script_and_module(tmp_path, settings_file):
+    src, _ = _tone(tmp_path)
+    res = subprocess.run([sys.executable, "-m", "timbreclip", "apply-eq", str(src), "-o", str(tmp_path / "o.wav"),
+                          "--settings", str(settings_file)], capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    res = subprocess.run([sys.executable, "-m", "timbreclip", "apply-eq", str(tmp_path / "nope.wav"), "-o",
+                          str(tmp_path / "o2.wav"), "--settings", str(settings_file)], capture_output=True, text=True)
+    assert res.returncode == 2 and "Traceback" not in res.stderr and "no such file" in res.stderr
+    assert json.loads(settings_file.read_text())["sample_rate"] == 48000

@@ -1,0 +1,3 @@
+from timbreclip.cli import main
+
+raise SystemExit(main())
