@@ -112,8 +112,9 @@ def _writer_options(path: str | os.PathLike, source_dtype: str | None = "float32
     return {}
 
 
-def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: float) -> None:
-    """Write ``(channels, frames)`` (or ``(frames,)``) float audio atomically; the format follows the extension."""
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: float, bit_depth: int | None = None) -> None:
+    """Write ``(channels, frames)`` (or ``(frames,)``) float audio atomically; the format follows the extension
+    (wav/flac/aiff: 32-bit float where the format allows, or ``bit_depth``)."""
     from pedalboard.io import AudioFile
 
     audio = np.asarray(audio, dtype=np.float32)
@@ -121,8 +122,10 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: float) 
         audio = audio[None, :]
     with atomic_output(path) as tmp:
         try:
-            with AudioFile(tmp, "w", samplerate=sample_rate, num_channels=audio.shape[0],
-                           **_writer_options(path)) as f:
+            options = _writer_options(path)
+            if bit_depth is not None and options:
+                options["bit_depth"] = bit_depth
+            with AudioFile(tmp, "w", samplerate=sample_rate, num_channels=audio.shape[0], **options) as f:
                 f.write(audio)
         except Exception as err:
             raise AudioFileError(f"{path}: cannot write audio ({_first_line(err)})") from None

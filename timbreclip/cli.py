@@ -64,6 +64,105 @@ def _run_apply_eq(args) -> int:
     return 0
 
 
+# -- embed / similarity ------------------------------------------------------------------------------------------
+def _add_model_args(p) -> None:
+    p.add_argument("--model", help="model directory (model.safetensors + config.json); default: the shipped model")
+    p.add_argument("--backend", default="torch", choices=BACKENDS,
+                   help="inference backend (auto picks the fastest that works here)")
+
+
+BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
+
+
+def _add_embed(sub) -> None:
+    p = sub.add_parser("embed", help="print embeddings of audio files or texts as JSON")
+    p.add_argument("files", nargs="*", metavar="FILE", help="audio files")
+    p.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
+    p.add_argument("--template", help='prompt template, e.g. "the sound of a {}"')
+    p.add_argument("--json", action="store_true", help="JSON output (the default and only format)")
+    _add_model_args(p)
+    p.set_defaults(run=_run_embed)
+
+
+def _run_embed(args) -> int:
+    import json
+
+    from timbreclip.defaults import load_embedder
+    from timbreclip.dsp.audio_io import read_audio
+
+    if not args.files and not args.text:
+        raise TimbreclipError("give audio files and/or --text")
+    embedder = load_embedder(args.model, args.backend)
+    out = []
+    for path in args.files:
+        audio, rate = read_audio(path)
+        out.append({"input": path, "embedding": [round(float(v), 6) for v in embedder.embed_audio(audio, rate)]})
+    if args.text:
+        for text, z in zip(args.text, embedder.embed_text(args.text, template=args.template)):
+            out.append({"input": text, "embedding": [round(float(v), 6) for v in z]})
+    print(json.dumps(out))
+    return 0
+
+
+def _add_similarity(sub) -> None:
+    p = sub.add_parser("similarity", help="cosine similarity between an audio file and texts")
+    p.add_argument("file", help="audio file")
+    p.add_argument("--text", action="append", required=True, help="a text (repeatable)")
+    p.add_argument("--template", help='prompt template, e.g. "the sound of a {}"')
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _add_model_args(p)
+    p.set_defaults(run=_run_similarity)
+
+
+def _run_similarity(args) -> int:
+    import json
+
+    from timbreclip.defaults import load_embedder
+    from timbreclip.dsp.audio_io import read_audio
+
+    embedder = load_embedder(args.model, args.backend)
+    audio, rate = read_audio(args.file)
+    scores = embedder.embed_text(args.text, template=args.template) @ embedder.embed_audio(audio, rate)
+    if args.json:
+        print(json.dumps([{"text": t, "similarity": round(float(s), 6)} for t, s in zip(args.text, scores)]))
+    else:
+        width = max(len(t) for t in args.text)
+        for text, score in sorted(zip(args.text, scores), key=lambda x: -x[1]):
+            print(f"{text:<{width}}  {score:+.4f}")
+    return 0
+
+
+# -- dataset render ---------------------------------------------------------------------------------------------
+def _add_dataset(sub) -> None:
+    p = sub.add_parser("dataset", help="build labelled patch folders")
+    dsub = p.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
+    r = dsub.add_parser("render", help="render soundfont presets into a labelled patch folder",
+                        description="Render every melodic preset of the soundfonts (16 notes, 3 s + 1 s, 16 kHz "
+                                    "mono) into a labelled patch folder with metadata.csv. Resumable.")
+    r.add_argument("--soundfont", nargs="+", required=True, metavar="FILE", help=".sf2 / .sf3 files")
+    r.add_argument("--out", required=True, help="output folder")
+    r.add_argument("--pitch-variants", type=int, default=0,
+                   help="extra pitch-shifted renders per note (augmentation; default 0)")
+    r.add_argument("--processes", type=int, default=2)
+    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--limit-presets", type=int, default=None, help="first N presets per font (quick tests)")
+    r.set_defaults(run=_run_dataset_render)
+
+
+def _run_dataset_render(args) -> int:
+    from timbreclip.training.render import render_soundfonts
+
+    path = render_soundfonts(args.soundfont, args.out, variants=args.pitch_variants, processes=args.processes,
+                             seed=args.seed, limit_presets=args.limit_presets)
+    import csv
+
+    with open(path, newline="") as f:
+        rows = list(csv.DictReader(f))
+    patches = len({r["patch_id"] for r in rows})
+    print(f"wrote {path}: {len(rows)} notes of {patches} patches")
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the showcase on the shipped defaults and write the results to a folder")
@@ -77,6 +176,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"timbreclip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     _add_apply_eq(sub)
+    _add_embed(sub)
+    _add_similarity(sub)
+    _add_dataset(sub)
     _add_demo(sub)
     return parser
 

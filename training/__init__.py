@@ -1,0 +1,1 @@
+"""timbreclip.training: rendered patch libraries, datasets, labels, augmentation, the trainer and evaluation."""
