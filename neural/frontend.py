@@ -120,7 +120,11 @@ class FrontEnd(nn.Module):
     @staticmethod
     def normalise(band_power: torch.Tensor) -> torch.Tensor:
         """Log, then standardise each clip by its own statistics: ``(batch, F, T)`` -> ``(batch, 1, F, T)``."""
-        x = torch.log(band_power + LOG_FLOOR)
+        return FrontEnd.standardise(torch.log(band_power + LOG_FLOOR))
+
+    @staticmethod
+    def standardise(x: torch.Tensor) -> torch.Tensor:
+        """Standardise log features ``(batch, F, T)`` per clip -> ``(batch, 1, F, T)``."""
         mean = x.mean(dim=(-2, -1), keepdim=True)
         std = x.std(dim=(-2, -1), keepdim=True)
         return ((x - mean) / (std + 1e-5)).unsqueeze(1)

@@ -163,6 +163,75 @@ def _run_dataset_render(args) -> int:
     return 0
 
 
+# -- train / evaluate -------------------------------------------------------------------------------------------
+def _add_train(sub) -> None:
+    p = sub.add_parser("train", help="train or fine-tune a TimbreCLIP model on a labelled patch folder",
+                       description="Contrastive training against the frozen text encoder. Runs as is on one CPU, or "
+                                   "under torchrun (DistributedDataParallel) on many processes or GPUs.")
+    p.add_argument("--config", default="scratch-cpu", help="shipped config name (paper, scratch-cpu) or JSON file")
+    p.add_argument("--data", required=True, help="labelled patch folder (or NSynth json/wav folder) to train on")
+    p.add_argument("--out", required=True, help="run folder: best/, last/, log.jsonl")
+    p.add_argument("--init", nargs=2, metavar=("KIND", "FILE"), help="initial weights: wav2clip FILE")
+    p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
+    p.add_argument("--cache", help="folder for the log-mel cache (default: OUT/cache)")
+    for flag, kind in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--width", int),
+                       ("--steps-per-epoch", int), ("--patience", int), ("--seed", int)):
+        p.add_argument(flag, type=kind, help="override the config's value")
+    p.set_defaults(run=_run_train)
+
+
+def _run_train(args) -> int:
+    from dataclasses import replace
+
+    from timbreclip.training.trainer import TrainConfig, train
+
+    cfg = TrainConfig.load(args.config)
+    overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "width", "steps_per_epoch",
+                                                "patience", "seed") if getattr(args, k) is not None}
+    cfg = replace(cfg, **overrides)
+    init_file = None
+    if args.init:
+        kind, init_file = args.init
+        if kind != "wav2clip":
+            raise TimbreclipError(f"--init {kind}: only 'wav2clip FILE' is supported")
+        cfg = replace(cfg, init="wav2clip")
+    result = train(cfg, args.data, args.out, resume=args.resume, init_wav2clip=init_file, cache_dir=args.cache)
+    print(f"best validation score {result['best_score']:.2f} at epoch {result['best_epoch']} "
+          f"({result['epochs_run']} epochs run); model in {args.out}/best")
+    return 0
+
+
+def _add_evaluate(sub) -> None:
+    p = sub.add_parser("evaluate", help="cross-modal retrieval evaluation (the paper's Table 1) on a patch folder")
+    p.add_argument("dataset", help="labelled patch folder")
+    p.add_argument("--model", action="append", help="model directory (repeatable); default: the shipped model")
+    p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("--json", dest="json_out", help="write the report as JSON")
+    p.add_argument("--markdown", help="write the Table-1 style markdown table")
+    p.add_argument("--plot", help="write R@k curves (PNG)")
+    p.add_argument("--no-cache", action="store_true", help="recompute embeddings even if cached")
+    p.set_defaults(run=_run_evaluate)
+
+
+def _run_evaluate(args) -> int:
+    from pathlib import Path
+
+    from timbreclip.defaults import load_embedder
+    from timbreclip.training.evaluation import evaluate_models, markdown_table
+
+    paths = args.model or [None]
+    models = {}
+    for path in paths:
+        name = Path(path).name if path else "timbreclip (shipped)"
+        if path and Path(path).name in ("best", "last"):
+            name = f"{Path(path).parent.name}/{Path(path).name}"
+        models[name] = load_embedder(path, args.backend)
+    report = evaluate_models(args.dataset, models, args.json_out, args.markdown, args.plot,
+                             use_cache=not args.no_cache)
+    print(markdown_table(report))
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the showcase on the shipped defaults and write the results to a folder")
@@ -179,6 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_similarity(sub)
     _add_dataset(sub)
+    _add_train(sub)
+    _add_evaluate(sub)
     _add_demo(sub)
     return parser
 

@@ -1,0 +1,196 @@
+"""Training data: notes and their texts, the honest split, a log-mel cache, and augmentation that lives with it.
+
+- Split: the Fluid fonts share recordings, so random validation patches would leak. Validation holds out whole GM
+  programs (``val_programs_per_family`` per family, drawn with the seed) across every training font and bank, so it
+  asks about instruments the model never heard. Folders without a ``program`` column fall back to holding out whole
+  patches. The Tim family is never read here: it is the test set.
+- Cache: every clip's log-mel spectrogram (float16, ``(clips, mels, frames)`` in one memory-mapped file), so an
+  epoch costs encoder time only. Pitch-shift variants rendered by the synth are cached like any note; each epoch
+  draws one of a note's variants.
+- Random EQ: drawn from ``EQ_ARCHETYPES``, designed with the same RBJ math as the product's EQ, evaluated as
+  |H|^2 on the STFT's linear bins, then averaged under each mel filter and added in the log domain. This equals
+  applying the EQ to linear power before the mel step wherever |H| is flat within a mel band (true of the broad
+  shelves used here); it keeps the cache 8x smaller than caching linear power (513 bins).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from timbreclip.dsp.biquad import BAND_CODE, cascade_response, normalise, rbj_coefficients
+from timbreclip.neural.frontend import LOG_FLOOR, FrontEnd, FrontEndConfig
+
+from .gm import GM_FAMILIES
+from .labels import BRIGHTNESS_WORDS, EQ_ARCHETYPES, descriptor_words, sound_texts
+from .patchfolder import DatasetError, Note, read_patch_folder
+
+
+@dataclass
+class NoteSet:
+    notes: list[Note]
+    texts: list[list[str]]  # every text of each note
+    words: list[list[str]]  # its measured timbre words
+    base: list[int]  # indices of original-pitch notes
+    variants: dict[int, list[int]]  # base index -> indices of it and its pitch variants
+
+
+def note_words(note: Note) -> list[str]:
+    if "qualities" in note.extra:  # NSynth
+        return [w.replace("_", " ") for w in note.extra["qualities"].split(";") if w]
+    return descriptor_words(note.extra)
+
+
+def build_note_set(notes: list[Note]) -> NoteSet:
+    words = [note_words(n) for n in notes]
+    texts = [sound_texts(n.title, n.instrument, n.category, n.source, w) for n, w in zip(notes, words)]
+    base, variants = [], {}
+    key_to_base: dict[tuple[str, float], int] = {}
+    for i, n in enumerate(notes):
+        if n.pitch_shift == 0.0:
+            key_to_base[(n.patch_id, n.pitch)] = i
+            base.append(i)
+            variants[i] = [i]
+    for i, n in enumerate(notes):
+        if n.pitch_shift != 0.0 and (n.patch_id, n.pitch) in key_to_base:
+            variants[key_to_base[(n.patch_id, n.pitch)]].append(i)
+    return NoteSet(notes, texts, words, base, variants)
+
+
+def split_validation(notes: list[Note], seed: int, per_family: int = 1) -> tuple[list[int], list[int]]:
+    """Indices of training and validation notes: whole GM programs held out (see module docstring)."""
+    rng = np.random.default_rng(seed)
+    programs = [n.extra.get("program") for n in notes]
+    if all(p not in (None, "") for p in programs):
+        held = set()
+        for family in range(len(GM_FAMILIES)):
+            held.update(int(p) for p in rng.choice(np.arange(8 * family, 8 * family + 8), per_family, replace=False))
+        is_val = [int(p) in held for p in programs]
+    else:
+        patches = sorted({n.patch_id for n in notes})
+        held_patches = set(rng.choice(patches, max(1, len(patches) // 8), replace=False))
+        is_val = [n.patch_id in held_patches for n in notes]
+    train = [i for i, v in enumerate(is_val) if not v]
+    val = [i for i, v in enumerate(is_val) if v]
+    if not train or not val:
+        raise DatasetError("the split left no training or no validation notes (too few patches)")
+    return train, val
+
+
+def read_nsynth(folder: str | os.PathLike) -> list[Note]:
+    """NSynth's json/wav release (``examples.json`` + ``audio/<note_str>.wav``) as patch-folder notes: one patch per
+    instrument, category = instrument family, source = acoustic/electronic/synthetic, qualities as timbre words."""
+    root = Path(folder)
+    meta = root / "examples.json"
+    if not meta.is_file():
+        raise DatasetError(f"{folder}: no examples.json (not an NSynth json/wav folder)")
+    try:
+        examples = json.loads(meta.read_text())
+    except json.JSONDecodeError as err:
+        raise DatasetError(f"{meta}: malformed JSON ({err.msg})") from None
+    notes = []
+    for key, ex in sorted(examples.items()):
+        path = root / "audio" / f"{key}.wav"
+        if not path.is_file():
+            raise DatasetError(f"{meta}: entry {key}: audio file audio/{key}.wav does not exist")
+        try:
+            notes.append(Note(path, ex["instrument_str"], ex["instrument_str"], ex["instrument_family_str"],
+                              float(ex["pitch"]), ex["instrument_family_str"], ex["instrument_source_str"], 0.0,
+                              {"qualities": ";".join(ex.get("qualities_str", [])), "velocity": str(ex.get("velocity"))}))
+        except KeyError as err:
+            raise DatasetError(f"{meta}: entry {key} lacks {err.args[0]}") from None
+    if not notes:
+        raise DatasetError(f"{meta}: no examples")
+    return notes
+
+
+def read_any(folder: str | os.PathLike) -> list[Note]:
+    """A labelled patch folder (metadata.csv) or an NSynth json/wav folder."""
+    if (Path(folder) / "examples.json").exists() and not (Path(folder) / "metadata.csv").exists():
+        return read_nsynth(folder)
+    return read_patch_folder(folder)
+
+
+# -- the log-mel cache ---------------------------------------------------------------------------------------------
+def mel_cache(notes: list[Note], config: FrontEndConfig, cache_dir: str | os.PathLike, progress: bool = True,
+              batch: int = 64) -> np.ndarray:
+    """float16 log band-power ``(notes, n_features, frames)``, memory-mapped, built once per (notes, config)."""
+    from tqdm import tqdm
+
+    from timbreclip.training.evaluation import load_clips
+
+    key = hashlib.sha256(json.dumps([config.as_dict(), [str(n.path) for n in notes]]).encode()).hexdigest()[:16]
+    folder = Path(cache_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    path, done = folder / f"mels-{key}.f16", folder / f"mels-{key}.done"
+    shape = (len(notes), config.n_features, config.n_frames())
+    if done.exists():
+        return np.memmap(path, dtype=np.float16, mode="r", shape=shape)
+    out = np.memmap(path, dtype=np.float16, mode="w+", shape=shape)
+    fe = FrontEnd(config)
+    for start in tqdm(range(0, len(notes), batch), desc="mel cache", unit="batch", disable=not progress):
+        clips = load_clips([n.path for n in notes[start:start + batch]], config.sample_rate, config.window_samples)
+        with torch.no_grad():
+            logmel = torch.log(fe.project(fe.power(torch.from_numpy(clips))) + LOG_FLOOR)
+        out[start:start + len(clips)] = logmel.numpy().astype(np.float16)
+    out.flush()
+    done.write_text("ok\n")
+    return np.memmap(path, dtype=np.float16, mode="r", shape=shape)
+
+
+# -- augmentation ----------------------------------------------------------------------------------------------------
+class RandomEQ:
+    """Random archetype EQs as log-gains per mel band (see module docstring)."""
+
+    def __init__(self, config: FrontEndConfig) -> None:
+        fe = FrontEnd(config)
+        self.rate = float(config.sample_rate)
+        self.freqs = torch.fft.rfftfreq(config.n_fft, 1.0 / config.sample_rate, dtype=torch.float64)
+        self.filters = fe.filters.double() if fe.filters is not None else None
+
+    def log_gain(self, archetype, rng: np.random.Generator) -> torch.Tensor:
+        """``(n_features,)`` log power gain of one random EQ of ``archetype``."""
+        bands = []
+        for kind, spec in (("low_shelf", archetype.low_shelf), ("high_shelf", archetype.high_shelf)):
+            if spec:
+                (f_lo, f_hi), (g_lo, g_hi) = spec
+                bands.append((kind, float(np.exp(rng.uniform(np.log(f_lo), np.log(f_hi)))), float(rng.uniform(g_lo, g_hi))))
+        codes = torch.tensor([BAND_CODE[k] for k, _, _ in bands])
+        sos = normalise(rbj_coefficients(codes, torch.tensor([f for _, f, _ in bands], dtype=torch.float64),
+                                         torch.tensor([g for _, _, g in bands], dtype=torch.float64),
+                                         torch.full((len(bands),), 0.7071, dtype=torch.float64), self.rate, xp=torch))
+        h = cascade_response(sos, self.freqs, self.rate, xp=torch)
+        power_gain = h.real**2 + h.imag**2
+        if self.filters is not None:
+            power_gain = self.filters @ power_gain
+        return torch.log(power_gain).float()
+
+
+def augment_batch(logmel: torch.Tensor, texts: list[list[str]], categories: list[str], rng: np.random.Generator,
+                  random_eq: RandomEQ,
+                  p_eq: float, crop_frames: int | None, freq_masks: int, freq_mask_width: int) -> tuple[torch.Tensor, list[list[str]]]:
+    """Random crop, random EQ (with its words), frequency masking; returns standardised features and texts."""
+    batch, n_feat, frames = logmel.shape
+    if crop_frames and crop_frames < frames:
+        starts = rng.integers(0, frames - crop_frames + 1, size=batch)
+        logmel = torch.stack([logmel[i, :, s:s + crop_frames] for i, s in enumerate(starts)])
+    texts = [list(t) for t in texts]
+    for i in range(batch):
+        if rng.random() < p_eq:
+            arch = EQ_ARCHETYPES[int(rng.integers(len(EQ_ARCHETYPES)))]
+            logmel[i] += random_eq.log_gain(arch, rng)[:, None]
+            kept = [t for t in texts[i] if not any(t == w or t.startswith(w + " ") for w in BRIGHTNESS_WORDS)]
+            texts[i] = kept + list(arch.words) + [f"{arch.words[0]} {categories[i]}"]
+    features = FrontEnd.standardise(logmel)
+    for i in range(batch):
+        for _ in range(freq_masks):
+            width = int(rng.integers(0, freq_mask_width + 1))
+            start = int(rng.integers(0, max(1, n_feat - width)))
+            features[i, 0, start:start + width, :] = 0.0
+    return features, texts

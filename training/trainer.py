@@ -1,0 +1,322 @@
+"""The TimbreCLIP trainer: CLIP-style contrastive learning against a frozen text encoder, multi-positive.
+
+Each batch's text set is the union of its sounds' texts; a sound's positives are all of its texts (title,
+instrument, category, source, timbre words, combinations) and a text's positives are all the sounds it describes.
+The loss is the two-way multi-positive InfoNCE (SupCon form): for each audio, the mean over its positive texts of
+-log softmax over the batch's texts, and the same for each text over the batch's sounds, averaged; the temperature
+is learned (CLIP's logit scale, capped at 100).
+
+Model selection and early stopping use validation retrieval only (held-out GM programs of the training fonts):
+the selection score is the mean of R@1, R@5 and R@10 over both directions and the title, title + category and
+category queries. The best checkpoint is kept; ``last/`` holds what resuming needs (weights, optimiser state,
+epoch, RNG states), all in safetensors/JSON.
+
+Distributed: the same code runs under ``torchrun`` with DistributedDataParallel (gloo on CPU, NCCL on GPU); each
+rank takes its share of every global batch (negatives are those of its share), rank 0 validates and saves.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timbreclip.dsp.errors import TimbreclipError
+from timbreclip.neural.encoder import AudioEncoderConfig
+from timbreclip.neural.frontend import FrontEnd
+from timbreclip.neural.model import ModelConfig, TimbreCLIP
+
+from .data import RandomEQ, augment_batch, build_note_set, mel_cache, read_any, split_validation
+from .evaluation import (EvalSet, QUERY_TYPES, evaluate_embeddings, query_texts, timbre_word_accuracy)
+from .labels import EQ_ARCHETYPES
+
+CONFIG_DIR = Path(__file__).parent / "configs"
+
+
+@dataclass
+class TrainConfig:
+    name: str = "scratch-cpu"
+    model: str = "cpu"  # ModelConfig preset
+    width: int | None = None  # overrides of the preset's audio encoder
+    init: str = "random"  # "random" or "wav2clip" (needs --init wav2clip FILE)
+    epochs: int = 60
+    batch_size: int = 128
+    lr: float = 1e-3
+    min_lr: float = 2e-5
+    warmup_epochs: float = 2.0
+    weight_decay: float = 1e-4
+    crop_frames: int | None = 160
+    p_eq: float = 0.35
+    freq_masks: int = 2
+    freq_mask_width: int = 8
+    patience: int = 10
+    val_programs_per_family: int = 1
+    seed: int = 0
+    steps_per_epoch: int | None = None  # cap (quick runs and tests)
+    extra: dict = field(default_factory=dict)
+
+    @classmethod
+    def load(cls, name_or_path: str) -> "TrainConfig":
+        """A shipped config by name (``paper``, ``scratch-cpu``) or a JSON file."""
+        path = Path(name_or_path)
+        if not path.is_file():
+            path = CONFIG_DIR / f"{name_or_path}.json"
+        if not path.is_file():
+            shipped = ", ".join(p.stem for p in CONFIG_DIR.glob("*.json"))
+            raise TimbreclipError(f"{name_or_path}: no such training config (shipped: {shipped})")
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as err:
+            raise TimbreclipError(f"{path}: malformed JSON ({err.msg})") from None
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise TimbreclipError(f"{path}: unknown field(s) {', '.join(unknown)}")
+        return cls(**data)
+
+
+class ContrastiveModule(nn.Module):
+    """The trainable parts (audio encoder, text head, temperature), as one module for DDP."""
+
+    def __init__(self, model: TimbreCLIP) -> None:
+        super().__init__()
+        self.audio = model.audio
+        self.head = model.text.head
+        self.logit_scale = model.logit_scale
+
+    def forward(self, features: torch.Tensor, frozen_text: torch.Tensor):
+        za = self.audio(features)
+        zt = F.normalize(self.head(frozen_text), dim=-1)
+        return za, zt, self.logit_scale.exp().clamp(max=100.0)
+
+
+def multi_positive_loss(za: torch.Tensor, zt: torch.Tensor, scale: torch.Tensor, positives: torch.Tensor) -> torch.Tensor:
+    """Two-way multi-positive InfoNCE. ``positives (B, M)`` bool: text j describes sound i."""
+    logits = scale * za @ zt.T
+    pos = positives.to(logits.dtype)
+    loss_audio = -(logits.log_softmax(dim=1) * pos).sum(1) / pos.sum(1).clamp(min=1)
+    loss_text = -(logits.log_softmax(dim=0) * pos).sum(0) / pos.sum(0).clamp(min=1)
+    return 0.5 * (loss_audio.mean() + loss_text.mean())
+
+
+def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
+    if step < warmup:
+        return cfg.lr * (step + 1) / warmup
+    progress = (step - warmup) / max(1, total - warmup)
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _dist():
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return rank, world
+
+
+def _save_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    state = opt.state_dict()
+    tensors, meta = {}, {"param_groups": state["param_groups"], "scalars": {}}
+    for pid, entries in state["state"].items():
+        for k, v in entries.items():
+            if torch.is_tensor(v):
+                tensors[f"{pid}.{k}"] = v.detach().cpu().contiguous()
+            else:
+                meta["scalars"][f"{pid}.{k}"] = v
+    save_file(tensors, str(path), metadata={"meta": json.dumps(meta)})
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["meta"])
+        state: dict[int, dict] = {}
+        for key in f.keys():
+            pid, name = key.split(".", 1)
+            state.setdefault(int(pid), {})[name] = f.get_tensor(key)
+    for key, v in meta["scalars"].items():
+        pid, name = key.split(".", 1)
+        state.setdefault(int(pid), {})[name] = v
+    opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+
+
+def _param_digest(module: nn.Module) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for name, p in sorted(module.state_dict().items()):
+        h.update(name.encode())
+        h.update(p.detach().cpu().numpy().tobytes())
+    return h.hexdigest()
+
+
+def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
+          init_wav2clip: str | None = None, cache_dir: str | os.PathLike | None = None,
+          progress: bool = True, log=print) -> dict:
+    """Train on ``data_dir``; writes ``out_dir/best`` (model dir), ``out_dir/last`` and ``out_dir/log.jsonl``."""
+    from tqdm import tqdm
+
+    rank, world = _dist()
+    torch.manual_seed(cfg.seed)
+    rng = np.random.default_rng([cfg.seed, rank])
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TimbreclipError(f"{out_dir}: exists and is not a folder")
+    out.mkdir(parents=True, exist_ok=True)
+
+    notes = read_any(data_dir)
+    train_idx, val_idx = split_validation(notes, cfg.seed, cfg.val_programs_per_family)
+    note_set = build_note_set(notes)
+    train_base = [i for i in note_set.base if i in set(train_idx)]
+    val_base = [i for i in note_set.base if i in set(val_idx)]
+
+    model_cfg = ModelConfig.preset(cfg.model)
+    if cfg.width:
+        model_cfg.audio = AudioEncoderConfig(**{**model_cfg.audio.as_dict(), "width": cfg.width})
+    model = TimbreCLIP(model_cfg)
+    if cfg.init == "wav2clip":
+        if not init_wav2clip:
+            raise TimbreclipError(f"config {cfg.name} fine-tunes Wav2CLIP: pass --init wav2clip FILE")
+        model.load_wav2clip(init_wav2clip)
+    fe_cfg = model_cfg.frontend
+    cache = mel_cache(notes, fe_cfg, cache_dir or (out / "cache"), progress=progress and rank == 0)
+
+    # frozen text embeddings of every text the run can use, computed once
+    all_texts = sorted({t for ts in note_set.texts for t in ts} | {w for a in EQ_ARCHETYPES for w in a.words}
+                       | {f"{a.words[0]} {n.category}" for a in EQ_ARCHETYPES for n in notes})
+    model.text.encode_frozen(all_texts)
+
+    trainable = ContrastiveModule(model)
+    wrapped: nn.Module = trainable
+    if world > 1:
+        wrapped = nn.parallel.DistributedDataParallel(trainable)
+    opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    random_eq = RandomEQ(fe_cfg)
+
+    steps_per_epoch = max(1, len(train_base) // cfg.batch_size)
+    if cfg.steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
+    total_steps = steps_per_epoch * cfg.epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+
+    start_epoch, best_score, best_epoch, step = 0, -1.0, -1, 0
+    last = out / "last"
+    if resume:
+        state_file = last / "trainer_state.json"
+        if not state_file.is_file():
+            raise TimbreclipError(f"{last}: nothing to resume (no trainer_state.json)")
+        loaded = TimbreCLIP.load(last, text_encoder=model.text.frozen)
+        model.load_state_dict(loaded.state_dict())
+        _load_optimizer(opt, last / "optimizer.safetensors")
+        st = json.loads(state_file.read_text())
+        start_epoch, best_score, best_epoch, step = st["epoch"] + 1, st["best_score"], st["best_epoch"], st["step"]
+        rng.bit_generator.state = st["numpy_rng"][rank] if isinstance(st["numpy_rng"], list) else st["numpy_rng"]
+        log(f"resuming at epoch {start_epoch} (best {best_score:.3f} at epoch {best_epoch})")
+
+    val_set = _val_eval_set(note_set, val_base)
+    val_features = FrontEnd.standardise(torch.from_numpy(np.asarray(cache[val_base], dtype=np.float32)))
+    val_words = [note_set.words[i] for i in val_base]
+    log_path = out / "log.jsonl"
+    history = []
+    started = time.time()
+    for epoch in range(start_epoch, cfg.epochs):
+        trainable.train()
+        order = rng.permutation(len(train_base)) if world == 1 else np.random.default_rng([cfg.seed, epoch]).permutation(len(train_base))
+        losses = []
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not (progress and rank == 0))
+        for b in bar:
+            batch_base = [train_base[j] for j in order[b * cfg.batch_size:(b + 1) * cfg.batch_size]][rank::world]
+            picks = [int(rng.choice(note_set.variants[i])) for i in batch_base]
+            logmel = torch.from_numpy(np.asarray(cache[sorted(picks)], dtype=np.float32))
+            order_back = np.argsort(np.argsort(picks))
+            logmel = logmel[torch.from_numpy(order_back)]
+            texts = [note_set.texts[i] for i in picks]
+            features, texts = augment_batch(logmel, texts, [notes[i].category for i in picks], rng, random_eq,
+                                            cfg.p_eq, cfg.crop_frames, cfg.freq_masks, cfg.freq_mask_width)
+            batch_texts = sorted({t for ts in texts for t in ts})
+            index = {t: j for j, t in enumerate(batch_texts)}
+            positives = torch.zeros(len(texts), len(batch_texts), dtype=torch.bool)
+            for i, ts in enumerate(texts):
+                positives[i, [index[t] for t in ts]] = True
+            for g in opt.param_groups:
+                g["lr"] = _lr_at(step, total_steps, warmup, cfg)
+            za, zt, scale = wrapped(features, model.text.encode_frozen(batch_texts))
+            loss = multi_positive_loss(za, zt, scale, positives)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            step += 1
+            losses.append(float(loss))
+            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+        record = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+                  "temperature": float(1.0 / trainable.logit_scale.exp()), "elapsed_s": round(time.time() - started, 1)}
+        stop = torch.zeros(1)
+        if rank == 0:
+            model.eval()
+            with torch.no_grad():
+                val_emb = torch.cat([model.audio(val_features[i:i + 256]) for i in range(0, len(val_features), 256)]).numpy()
+            val_report = evaluate_embeddings(val_set, val_emb, lambda ts: model.encode_text(ts).detach().numpy())
+            score = float(np.mean([val_report[d][q][f"R@{k}"] for d in val_report for q in QUERY_TYPES
+                                   for k in (1, 5, 10)]))
+            record.update({"val_score": round(score, 3), "val": val_report,
+                           "val_timbre_words": timbre_word_accuracy(val_emb, val_words,
+                                                                    lambda ts: model.encode_text(ts).detach().numpy())})
+            improved = score > best_score
+            if improved:
+                best_score, best_epoch = score, epoch
+                model.save(out / "best", extra_provenance={"training": {"config": asdict(cfg), "epoch": epoch,
+                                                                        "val_score": round(score, 3),
+                                                                        "data": str(data_dir)}})
+            model.save(last)
+            _save_optimizer(opt, last / "optimizer.safetensors")
+            (last / "trainer_state.json").write_text(json.dumps({
+                "epoch": epoch, "step": step, "best_score": best_score, "best_epoch": best_epoch,
+                "numpy_rng": rng.bit_generator.state}))
+            with open(log_path, "a") as f:
+                f.write(json.dumps(record) + "\n")
+            v = val_report
+            log(f"epoch {epoch:3d}  loss {record['train_loss']:.3f}  val score {score:6.2f}  "
+                f"title T→P R@1 {v['text_to_patch']['title']['R@1']:5.1f}  "
+                f"cat T→P R@1 {v['text_to_patch']['category']['R@1']:5.1f}  "
+                f"A→T title R@1 {v['audio_to_text']['title']['R@1']:5.1f}  "
+                f"A→T cat R@1 {v['audio_to_text']['category']['R@1']:5.1f}"
+                f"{'  *best*' if improved else ''}  ({record['elapsed_s']:.0f} s)")
+            if epoch - best_epoch >= cfg.patience:
+                log(f"early stop: no improvement for {cfg.patience} epochs (best epoch {best_epoch})")
+                stop[0] = 1
+        history.append(record)
+        if world > 1:
+            torch.distributed.all_reduce(stop)
+        if stop.item():
+            break
+    if world > 1:
+        (out / f"replica-{rank}.sha256").write_text(_param_digest(trainable) + "\n")
+        torch.distributed.barrier()
+    return {"best_score": best_score, "best_epoch": best_epoch, "epochs_run": len(history),
+            "train_notes": len(train_base), "val_notes": len(val_base)}
+
+
+def _val_eval_set(note_set, val_base: list[int]) -> EvalSet:
+    patch_index: dict[str, int] = {}
+    meta = []
+    for i in val_base:
+        n = note_set.notes[i]
+        if n.patch_id not in patch_index:
+            patch_index[n.patch_id] = len(patch_index)
+            meta.append((n.title, n.category))
+    texts = {t: [query_texts(title, cat)[t] for title, cat in meta] for t in QUERY_TYPES}
+    return EvalSet("validation", [note_set.notes[i].path for i in val_base],
+                   np.array([patch_index[note_set.notes[i].patch_id] for i in val_base]), list(patch_index), texts,
+                   [], "validation")
