@@ -153,10 +153,12 @@ def _load_optimizer(opt: torch.optim.Optimizer, path: Path) -> None:
 
 
 def _param_digest(module: nn.Module) -> str:
+    """sha256 of the trainable parameters (batch-norm running statistics are per replica between forwards:
+    DDP re-broadcasts them from rank 0 at every forward)."""
     import hashlib
 
     h = hashlib.sha256()
-    for name, p in sorted(module.state_dict().items()):
+    for name, p in sorted(module.named_parameters()):
         h.update(name.encode())
         h.update(p.detach().cpu().numpy().tobytes())
     return h.hexdigest()
@@ -191,7 +193,13 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
             raise TimbreclipError(f"config {cfg.name} fine-tunes Wav2CLIP: pass --init wav2clip FILE")
         model.load_wav2clip(init_wav2clip)
     fe_cfg = model_cfg.frontend
-    cache = mel_cache(notes, fe_cfg, cache_dir or (out / "cache"), progress=progress and rank == 0)
+    cache_folder = cache_dir or (out / "cache")
+    if rank == 0:  # one process builds the cache; the others open it when it is done
+        cache = mel_cache(notes, fe_cfg, cache_folder, progress=progress)
+    if world > 1:
+        torch.distributed.barrier()
+    if rank != 0:
+        cache = mel_cache(notes, fe_cfg, cache_folder, progress=False)
 
     # frozen text embeddings of every text the run can use, computed once
     all_texts = sorted({t for ts in note_set.texts for t in ts} | {w for a in EQ_ARCHETYPES for w in a.words}
@@ -258,10 +266,10 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
             loss.backward()
             opt.step()
             step += 1
-            losses.append(float(loss))
+            losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
         record = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
-                  "temperature": float(1.0 / trainable.logit_scale.exp()), "elapsed_s": round(time.time() - started, 1)}
+                  "temperature": float(1.0 / trainable.logit_scale.detach().exp()), "elapsed_s": round(time.time() - started, 1)}
         stop = torch.zeros(1)
         if rank == 0:
             model.eval()

@@ -1,0 +1,182 @@
+"""Rendering, dataset formats, labels and training on a tiny rendered set (never the full dataset)."""
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from timbreclip.cli import main
+from timbreclip.dsp.audio_io import write_audio
+from timbreclip.training.patchfolder import DatasetError, read_patch_folder
+
+FONT = "/usr/share/sounds/sf2/FluidR3_GS.sf2"  # 3 MB, loads fast; a training-family font
+
+
+@pytest.fixture(scope="session")
+def tiny_set(tmp_path_factory):
+    if not Path(FONT).exists():
+        pytest.skip(f"{FONT} is not installed (Debian fluid-soundfont-gs; make test installs it)")
+    out = tmp_path_factory.mktemp("data") / "tiny"
+    assert main(["dataset", "render", "--soundfont", FONT, "--out", str(out), "--limit-presets", "10",
+                 "--pitch-variants", "1", "--processes", "1"]) == 0
+    return out
+
+
+def test_render_layout_and_metadata(tiny_set):
+    rows = list(csv.DictReader(open(tiny_set / "metadata.csv")))
+    for column in ("path", "patch_id", "title", "category", "pitch", "instrument", "source", "velocity"):
+        assert column in rows[0]
+    originals = [r for r in rows if float(r["pitch_shift"]) == 0]
+    assert {int(r["pitch"]) for r in originals} <= set(range(24, 115, 6))
+    assert len({r["patch_id"] for r in rows}) == 10
+    assert all(abs(float(r["pitch_shift"])) <= 0.5 for r in rows)  # sample-based font: +-0.5 st
+    first = tiny_set / rows[0]["path"]
+    from timbreclip.dsp.audio_io import read_audio
+
+    audio, rate = read_audio(first)
+    assert rate == 16000 and audio.shape == (1, 64000)
+    assert np.abs(audio).max() == pytest.approx(10 ** (-1 / 20), abs=2e-3)  # peak-normalised to -1 dBFS
+    # resumable: a second run renders nothing new and writes the same metadata
+    before = (tiny_set / "metadata.csv").read_text()
+    mtime = first.stat().st_mtime
+    assert main(["dataset", "render", "--soundfont", FONT, "--out", str(tiny_set), "--limit-presets", "10",
+                 "--pitch-variants", "1", "--processes", "1"]) == 0
+    assert (tiny_set / "metadata.csv").read_text() == before and first.stat().st_mtime == mtime
+
+
+def test_patch_folder_errors(tmp_path):
+    with pytest.raises(DatasetError, match="no metadata.csv"):
+        read_patch_folder(tmp_path)
+    (tmp_path / "metadata.csv").write_text("path,patch_id,title\nx.wav,p,T\n")
+    with pytest.raises(DatasetError, match="missing required column.*category, pitch"):
+        read_patch_folder(tmp_path)
+    (tmp_path / "metadata.csv").write_text("path,patch_id,title,category,pitch,extra\nx.wav,p,T,C,60,1\n")
+    with pytest.raises(DatasetError, match=r"row 2: audio file x.wav does not exist"):
+        read_patch_folder(tmp_path)
+    (tmp_path / "metadata.csv").write_text("path,patch_id,title,category,pitch\n")
+    with pytest.raises(DatasetError, match="empty"):
+        read_patch_folder(tmp_path)
+
+
+def test_nsynth_reader(tmp_path):
+    from timbreclip.training.data import build_note_set, read_nsynth
+
+    (tmp_path / "audio").mkdir()
+    examples = {}
+    for i, (inst, fam, src, quals) in enumerate([("guitar_acoustic_001", "guitar", "acoustic", ["bright"]),
+                                                 ("bass_synthetic_009", "bass", "synthetic", ["dark", "distortion"])]):
+        key = f"{inst}-0{60 + i}-100"
+        examples[key] = {"note_str": key, "instrument_str": inst, "instrument_family_str": fam,
+                         "instrument_source_str": src, "pitch": 60 + i, "velocity": 100, "qualities_str": quals}
+        write_audio(tmp_path / "audio" / f"{key}.wav", np.zeros(16000, np.float32), 16000)
+    (tmp_path / "examples.json").write_text(json.dumps(examples))
+    notes = read_nsynth(tmp_path)
+    assert [n.category for n in notes] == ["bass", "guitar"]
+    ns = build_note_set(notes)
+    assert "dark bass" in ns.texts[0] and "distortion" in ns.texts[0] and "bright" in ns.texts[1]
+    os.remove(tmp_path / "audio" / f"{notes[0].path.name}")
+    with pytest.raises(DatasetError, match="does not exist"):
+        read_nsynth(tmp_path)
+
+
+def test_descriptor_words_are_relative_to_pitch():
+    from timbreclip.dsp.descriptors import note_descriptors
+    from timbreclip.training.labels import descriptor_words
+
+    rate = 16000
+    t = np.arange(4 * rate) / rate
+    env = np.where(t < 3, 1.0, np.exp(-(t - 3) * 50))
+
+    def tone(f0, harmonics, decay):
+        x = sum(np.sin(2 * np.pi * f0 * h * t) * decay ** (h - 1) for h in range(1, harmonics + 1))
+        return (x * env / np.abs(x).max()).astype(np.float32)
+
+    low_bright = note_descriptors(tone(110, 40, 0.97), rate, 45).as_dict()
+    high_pure = note_descriptors(tone(880, 1, 1.0), rate, 81).as_dict()
+    assert "bright" in descriptor_words(low_bright)
+    assert "dark" in descriptor_words(high_pure)  # a high sine is dark, though its centroid is higher
+    assert "short release" in descriptor_words(high_pure) and "sustained" in descriptor_words(high_pure)
+
+
+def test_random_eq_words_follow_the_eq():
+    from timbreclip.neural.frontend import FrontEndConfig
+    from timbreclip.training.data import RandomEQ, augment_batch
+    from timbreclip.training.labels import EQ_ARCHETYPES
+
+    rng = np.random.default_rng(0)
+    req = RandomEQ(FrontEndConfig())
+    bright = next(a for a in EQ_ARCHETYPES if a.name == "bright")
+    g = req.log_gain(bright, rng).numpy()
+    assert g[-5:].mean() > np.log(10 ** (5 / 10)) and abs(g[:5].mean()) < 0.05  # highs up >5 dB, lows flat
+    import torch
+
+    logmel = torch.zeros(4, 64, 251)
+    feats, texts = augment_batch(logmel, [["Pad", "bright", "bright Pad"]] * 4, ["Synth Pad"] * 4, rng, req,
+                                 p_eq=1.0, crop_frames=160, freq_masks=1, freq_mask_width=4)
+    assert feats.shape == (4, 1, 64, 160)
+    for ts in texts:
+        words = {w for a in EQ_ARCHETYPES for w in a.words}
+        assert words & set(ts)
+        if "dark" in ts:
+            assert "bright" not in ts and "bright Pad" not in ts
+
+
+def test_train_tiny_model_loss_falls_checkpoint_loads_resume_continues(tiny_set, tmp_path):
+    from timbreclip.neural.model import TimbreCLIP
+
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"name": "tiny", "model": "cpu", "width": 8, "epochs": 3, "batch_size": 32,
+                               "lr": 0.003, "warmup_epochs": 0, "crop_frames": 96, "p_eq": 0.3, "patience": 10}))
+    out = tmp_path / "run"
+    assert main(["train", "--config", str(cfg), "--data", str(tiny_set), "--out", str(out)]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert len(log) == 3 and log[-1]["train_loss"] < log[0]["train_loss"]
+    model = TimbreCLIP.load(out / "best")
+    assert model.config.provenance["training"]["config"]["name"] == "tiny"
+    assert main(["train", "--config", str(cfg), "--data", str(tiny_set), "--out", str(out), "--resume",
+                 "--epochs", "5"]) == 0
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [0, 1, 2, 3, 4]
+    assert log[3]["step"] > log[2]["step"]
+
+
+def test_evaluate_end_to_end(tiny_set, tmp_path, capsys):
+    from timbreclip.neural.encoder import AudioEncoderConfig
+    from timbreclip.neural.model import ModelConfig, TimbreCLIP
+
+    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8))).save(tmp_path / "m1")
+    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8, head="none"))).save(tmp_path / "m2")
+    out = tmp_path / "report.json"
+    assert main(["evaluate", str(tiny_set), "--model", str(tmp_path / "m1"), "--model", str(tmp_path / "m2"),
+                 "--json", str(out), "--markdown", str(tmp_path / "t.md"), "--plot", str(tmp_path / "c.png")]) == 0
+    report = json.loads(out.read_text())
+    assert report["patches"] == 10 and set(report["rows"]) == {"m1", "m2", "random", "perfect"}
+    cell = report["rows"]["m1"]["text_to_patch"]["title"]
+    assert {"R@1", "R@5", "R@10", "R@50", "mean_rank", "hit@1", "hit@5", "hit@10", "hit@50", "R@1_ci"} <= set(cell)
+    assert report["rows"]["perfect"]["audio_to_text"]["title"]["R@1"] <= 100.0
+    md = (tmp_path / "t.md").read_text()
+    assert "**TITLE**" in md and "**CATEGORY**" in md and "| random |" in md
+    assert (tmp_path / "c.png").stat().st_size > 5000
+    assert main(["evaluate", str(tmp_path), "--model", str(tmp_path / "m1")]) == 2
+    assert "no metadata.csv" in capsys.readouterr().err
+
+
+def test_distributed_replicas_stay_in_sync(tiny_set, tmp_path):
+    cfg = tmp_path / "tiny.json"
+    cfg.write_text(json.dumps({"name": "ddp", "model": "cpu", "width": 8, "epochs": 1, "batch_size": 32,
+                               "lr": 0.003, "warmup_epochs": 0, "crop_frames": 96, "steps_per_epoch": 3}))
+    out = tmp_path / "ddp"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    res = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                          "--master_port", "29533", "-m", "timbreclip", "train", "--config", str(cfg),
+                          "--data", str(tiny_set), "--out", str(out), "--cache", str(tmp_path / "cache")],
+                         capture_output=True, text=True, env=env, timeout=600)
+    assert res.returncode == 0, res.stderr[-2000:]
+    digests = [(out / f"replica-{r}.sha256").read_text() for r in (0, 1)]
+    assert digests[0] == digests[1]
+    assert (out / "best" / "model.safetensors").exists()
