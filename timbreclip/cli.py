@@ -232,6 +232,76 @@ def _run_evaluate(args) -> int:
     return 0
 
 
+# -- eq (text-steered) --------------------------------------------------------------------------------------------
+class _PromptAction(argparse.Action):
+    """--prompt P appends (P, 1.0); --weight W sets the weight of the --prompt just before it."""
+
+    def __call__(self, parser, namespace, value, option_string=None):
+        pairs = getattr(namespace, "prompts", None) or []
+        if option_string == "--prompt":
+            pairs.append([value, 1.0])
+        else:
+            if not pairs:
+                parser.error("--weight must follow a --prompt")
+            pairs[-1][1] = float(value)
+        namespace.prompts = pairs
+
+
+def _add_eq(sub) -> None:
+    p = sub.add_parser("eq", help="steer an EQ with words and apply it to a file",
+                       description="Describe the sound you want; the EQ moves toward it (TimbreCLIP text-guided "
+                                   "EQ). The model listens at 16 kHz: bands stay below 7.2 kHz.")
+    p.add_argument("input", help="audio file")
+    p.add_argument("-o", "--output", required=True, help="output audio file")
+    p.add_argument("--prompt", action=_PromptAction, dest="prompts", help="words for the target sound (repeatable)")
+    p.add_argument("--weight", action=_PromptAction, dest="prompts", help="weight of the --prompt before it (default 1)")
+    p.add_argument("--source-weight", type=float, default=0.5, help="weight of the source sound in the target")
+    p.add_argument("--settings-out", help="write the EQ settings (JSON interchange format)")
+    p.add_argument("--plot", help="write the EQ curve and before/after spectrograms (PNG)")
+    p.add_argument("--steps", type=int, help="optimiser steps (fast default 32; --paper: 5000)")
+    p.add_argument("--lr", type=float, help="learning rate (fast default 0.1; --paper: 0.01)")
+    p.add_argument("--paper", action="store_true", help="the paper's optimiser: 5000 Adam steps at lr 1e-2")
+    p.add_argument("--penalty", type=float, default=None, help="gain penalty weight (default 0.02)")
+    p.add_argument("--no-match-loudness", action="store_true", help="keep the EQ's loudness change")
+    p.add_argument("--excerpt", type=float, default=60.0, help="seconds of the file the EQ listens to (default 60)")
+    p.add_argument("--model", help="model directory; default: the shipped model")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_eq, prompts=None)
+
+
+def _run_eq(args) -> int:
+    from dataclasses import replace
+
+    from timbreclip.defaults import load_torch_model
+    from timbreclip.neural.steering import SteeringConfig, check_weights
+    from timbreclip.text_eq import plot_eq_run, print_run, run_eq
+
+    if not args.prompts:
+        raise TimbreclipError("give at least one --prompt")
+    prompts: dict[str, float] = {}
+    for text, weight in args.prompts:
+        prompts[text] = prompts.get(text, 0.0) + weight
+    check_weights(prompts, args.source_weight)
+    config = SteeringConfig.paper() if args.paper else SteeringConfig()
+    for field_name, value in (("steps", args.steps), ("lr", args.lr), ("penalty", args.penalty), ("seed", args.seed)):
+        if value is not None:
+            config = replace(config, **{field_name: value})
+    model = load_torch_model(args.model)
+    run = run_eq(args.input, args.output, prompts, model, args.source_weight, config,
+                 match_loudness=not args.no_match_loudness, excerpt_seconds=args.excerpt)
+    if args.settings_out:
+        run.settings.save(args.settings_out)
+    if args.plot:
+        from timbreclip.dsp.audio_io import read_audio
+
+        before, rate = read_audio(args.input, max_seconds=10)
+        after, _ = read_audio(args.output, max_seconds=10)
+        plot_eq_run(run, before, after, rate, args.plot, " + ".join(f"{w:g} x {p}" for p, w in prompts.items()))
+    print_run(run)
+    print(f"wrote {args.output}" + (f" and {args.settings_out}" if args.settings_out else ""))
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the showcase on the shipped defaults and write the results to a folder")
@@ -247,6 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_apply_eq(sub)
     _add_embed(sub)
     _add_similarity(sub)
+    _add_eq(sub)
     _add_dataset(sub)
     _add_train(sub)
     _add_evaluate(sub)
