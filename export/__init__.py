@@ -1,0 +1,1 @@
+"""timbreclip.export: ONNX / TensorRT exports of the TimbreCLIP towers and the runtime backends built on them."""
