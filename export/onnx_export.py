@@ -15,9 +15,11 @@ Every export uses an example batch of 2, so the batch dimension is not silently 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
+import sys
 import warnings
 from pathlib import Path
 
@@ -71,7 +73,8 @@ def export_onnx(model: TimbreCLIP, out_dir: str | os.PathLike, waveform_graph: b
     fe = model.config.frontend
     files: dict[str, dict] = {}
     features = torch.randn(2, 1, fe.n_features, fe.n_frames())
-    with warnings.catch_warnings():
+    # exporters print progress on stdout: keep stdout for the commands' own output (JSON, tables)
+    with warnings.catch_warnings(), contextlib.redirect_stdout(sys.stderr):
         warnings.simplefilter("ignore")
         torch.onnx.export(model.audio, (features,), str(out / "audio.onnx"), input_names=["features"],
                           output_names=["embedding"], opset_version=OPSET, dynamo=False,

@@ -302,6 +302,44 @@ def _run_eq(args) -> int:
     return 0
 
 
+# -- export -----------------------------------------------------------------------------------------------------
+def _add_export(sub) -> None:
+    p = sub.add_parser("export", help="export the encoders to ONNX (or build TensorRT engines)")
+    p.add_argument("--model", help="model directory; default: the shipped model")
+    p.add_argument("--out", required=True, help="export folder")
+    p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
+    p.add_argument("--fp16", action="store_true", help="half-precision weights (TensorRT: fp16 engine)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args) -> int:
+    import json
+    from pathlib import Path
+
+    from timbreclip.defaults import load_torch_model
+    from timbreclip.export.onnx_export import export_onnx
+
+    if Path(args.out).exists() and not Path(args.out).is_dir():
+        raise TimbreclipError(f"{args.out}: output folder is a file")
+    model = load_torch_model(args.model)
+    if args.format == "tensorrt":
+        from timbreclip.export.backends import tensorrt_available
+
+        ok, why = tensorrt_available()
+        if not ok:
+            raise TimbreclipError(f"--format tensorrt: {why}")
+    manifest = export_onnx(model, args.out, fp16=args.fp16 and args.format == "onnx")
+    if args.format == "tensorrt":
+        from timbreclip.export.tensorrt import TensorRTEmbedder
+
+        TensorRTEmbedder(model, fp16=args.fp16)
+    files = json.loads(Path(manifest).read_text())["files"]
+    for name, entry in files.items():
+        print(f"{name}: {'skipped (' + entry['skipped'] + ')' if 'skipped' in entry else 'ok'}")
+    print(f"wrote {manifest}")
+    return 0
+
+
 # -- demo -------------------------------------------------------------------------------------------------------
 def _add_demo(sub) -> None:
     p = sub.add_parser("demo", help="run the showcase on the shipped defaults and write the results to a folder")
@@ -318,6 +356,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_similarity(sub)
     _add_eq(sub)
+    _add_export(sub)
     _add_dataset(sub)
     _add_train(sub)
     _add_evaluate(sub)

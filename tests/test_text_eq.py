@@ -1,0 +1,108 @@
+"""Text-steered EQ: the optimiser, the TextEQ plugin, the eq command end to end and its bad input."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from timbreclip.cli import main
+from timbreclip.dsp.audio_io import read_audio, write_audio
+from timbreclip.neural.encoder import AudioEncoderConfig
+from timbreclip.neural.model import ModelConfig, TimbreCLIP
+from timbreclip.neural.steering import SteeringConfig, TextEQ, steer
+from timbreclip.neural.text import MiniLMEncoder
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    tmp = tmp_path_factory.mktemp("m")
+    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(tmp / "m")
+    return tmp / "m"
+
+
+@pytest.fixture(scope="module")
+def model(model_dir):
+    return TimbreCLIP.load(model_dir)
+
+
+def _note(seconds=1.0, rate=44100, channels=2, f0=220.0):
+    t = np.arange(int(seconds * rate)) / rate
+    x = sum(np.sin(2 * np.pi * f0 * h * t) / h for h in range(1, 30) if f0 * h < rate / 2) * np.exp(-2 * t)
+    x = (0.5 * x / np.abs(x).max()).astype(np.float32)
+    return np.stack([x, 0.8 * x]) if channels == 2 else x
+
+
+def test_steer_lowers_the_objective_and_the_penalty_keeps_gains_small(model):
+    windows = torch.from_numpy(np.stack([_note(4.0, 16000, 1)]))
+    free = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig(penalty=0.0, early_exit=False))
+    assert free.objective_after < free.objective_before and free.distance_after < free.distance_before
+    gentle = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig(penalty=1.0, early_exit=False))
+    assert float(gentle.eq.gain_db.abs().mean()) < float(free.eq.gain_db.abs().mean())
+    assert float(free.eq.freq_hz.max()) <= 0.45 * 16000  # bands only where the model can hear
+
+
+def test_text_eq_plugin(model):
+    audio = _note()
+    plugin = TextEQ({"warm": 1.0, "airy": 0.5}, model)
+    settings = plugin.fit(audio, 44100)
+    assert settings.sample_rate == 44100 and len(settings.bands) == 8
+    assert settings.provenance["prompts"] == {"warm": 1.0, "airy": 0.5}
+    y = plugin(audio, 44100)
+    assert y.shape == audio.shape and np.isfinite(y).all()
+
+
+def test_eq_cli_end_to_end_and_replay(model_dir, tmp_path, capsys):
+    src = tmp_path / "note.wav"
+    write_audio(src, _note(), 44100)
+    out, settings = tmp_path / "out.wav", tmp_path / "eq.json"
+    assert main(["eq", str(src), "-o", str(out), "--prompt", "warm", "--prompt", "airy", "--weight", "0.5",
+                 "--source-weight", "0.5", "--settings-out", str(settings), "--plot", str(tmp_path / "eq.png"),
+                 "--model", str(model_dir)]) == 0
+    printed = capsys.readouterr().out
+    assert "warm" in printed and "airy" in printed and "before" in printed and "peak_" not in printed
+    y, rate = read_audio(out)
+    x, _ = read_audio(src)
+    assert rate == 44100 and y.shape == x.shape and np.abs(y).max() <= 1.0
+    data = json.loads(settings.read_text())
+    assert data["sample_rate"] == 44100 and data["provenance"]["prompts"] == {"warm": 1.0, "airy": 0.5}
+    from timbreclip.text_eq import loudness_lufs
+
+    assert loudness_lufs(y, rate) == pytest.approx(loudness_lufs(x, rate), abs=0.5)
+    # apply-eq replays the saved settings (output gain included) to the same audio
+    replay = tmp_path / "replay.wav"
+    assert main(["apply-eq", str(src), "-o", str(replay), "--settings", str(settings)]) == 0
+    np.testing.assert_allclose(read_audio(replay)[0], y, atol=1e-5)
+    assert (tmp_path / "eq.png").stat().st_size > 10000
+
+
+@pytest.mark.parametrize("case, args, fragment", [
+    ("empty prompt", ["--prompt", ""], "empty"),
+    ("whitespace prompt", ["--prompt", "   "], "empty"),
+    ("negative weight", ["--prompt", "warm", "--weight", "-1"], "weights must be >= 0"),
+    ("zero weights", ["--prompt", "warm", "--weight", "0"], "every prompt weight is 0"),
+    ("no prompt", [], "give at least one --prompt"),
+])
+def test_eq_bad_prompts(model_dir, tmp_path, capsys, case, args, fragment):
+    src = tmp_path / "note.wav"
+    write_audio(src, _note(), 44100)
+    out = tmp_path / "out.wav"
+    assert main(["eq", str(src), "-o", str(out), *args, "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and err.count("\n") == 0 and not out.exists()
+
+
+@pytest.mark.parametrize("case, fragment", [("silent", "silent"), ("short", "too short"), ("unreadable", "cannot read")])
+def test_eq_bad_audio(model_dir, tmp_path, capsys, case, fragment):
+    src = tmp_path / "in.wav"
+    if case == "silent":
+        write_audio(src, np.zeros(44100, np.float32), 44100)
+    elif case == "short":
+        write_audio(src, _note(0.02, 44100, 1), 44100)
+    else:
+        src.write_bytes(b"RIFF....WAVEgarbage" * 3)
+    out = tmp_path / "out.wav"
+    assert main(["eq", str(src), "-o", str(out), "--prompt", "warm", "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert fragment in err and str(src) in err and err.count("\n") == 0 and not out.exists()
