@@ -30,7 +30,30 @@ def ensure_export(model: TimbreCLIP, fmt: str = "onnx"):
         return folder, read_manifest(folder, expect_hash=model.fingerprint())
 
 
-class OnnxRuntimeEmbedder:
+class WindowEmbedder:
+    """Shared by the exported backends: ``embed_audio`` from ``embed_windows`` (4 s windows at the model's rate)."""
+
+    config = None
+    max_batch = 32
+
+    def embed_windows(self, windows: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+    def embed_audio(self, audio, sample_rate: float, per_window: bool = False) -> np.ndarray:
+        windows = prepare_audio(audio, sample_rate, self.config.frontend)
+        z = np.concatenate([self.embed_windows(windows[i:i + self.max_batch])
+                            for i in range(0, len(windows), self.max_batch)])
+        if per_window:
+            return z
+        pooled = z.mean(0)
+        return pooled / np.linalg.norm(pooled)
+
+    @staticmethod
+    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.asarray(a) @ np.asarray(b).T
+
+
+class OnnxRuntimeEmbedder(WindowEmbedder):
     """The embedder interface on onnxruntime; the front end runs in torch on the host (as in training)."""
 
     def __init__(self, model: TimbreCLIP, folder=None, providers: list[str] | None = None) -> None:
@@ -69,14 +92,6 @@ class OnnxRuntimeEmbedder:
             features = self.frontend(torch.from_numpy(np.ascontiguousarray(windows, np.float32))).numpy()
         return self.embed_features(features)
 
-    def embed_audio(self, audio, sample_rate: float, per_window: bool = False, batch_size: int = 32) -> np.ndarray:
-        windows = prepare_audio(audio, sample_rate, self.config.frontend)
-        z = np.concatenate([self.embed_windows(windows[i:i + batch_size]) for i in range(0, len(windows), batch_size)])
-        if per_window:
-            return z
-        pooled = z.mean(0)
-        return pooled / np.linalg.norm(pooled)
-
     def embed_text(self, texts, template: str | None = None) -> np.ndarray:
         texts = check_prompts(texts, template)
         tokens = self.tokenize(texts)
@@ -85,10 +100,6 @@ class OnnxRuntimeEmbedder:
         feeds["attention_mask"] = (mask if mask is not None else torch.ones_like(tokens["input_ids"])).numpy().astype(np.int64)
         names = {i.name for i in self.text.get_inputs()}
         return self.text.run(["embedding"], {k: v for k, v in feeds.items() if k in names})[0]
-
-    @staticmethod
-    def similarity(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-        return np.asarray(a) @ np.asarray(b).T
 
 
 def tensorrt_available() -> tuple[bool, str]:

@@ -10,11 +10,11 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from timbreclip.neural.frontend import FrontEnd, prepare_audio
+from timbreclip.neural.frontend import FrontEnd
 from timbreclip.neural.model import TimbreCLIP
 from timbreclip.neural.text import check_prompts
 
-from .backends import ensure_export
+from .backends import WindowEmbedder, ensure_export
 from .onnx_export import ExportError
 
 MAX_BATCH, MAX_TOKENS = 64, 128
@@ -65,7 +65,7 @@ class _Engine:
         return out.cpu().numpy()
 
 
-class TensorRTEmbedder:
+class TensorRTEmbedder(WindowEmbedder):
     """The embedder interface on TensorRT engines (fp16 optional)."""
 
     def __init__(self, model: TimbreCLIP, fp16: bool = False) -> None:
@@ -85,6 +85,7 @@ class TensorRTEmbedder:
         self.config = model.config
         self.tokenize = model.text.frozen.tokenize
         self.name = f"tensorrt-{suffix}"
+        self.max_batch = MAX_BATCH
         self._dim = model.dim
 
     @property
@@ -95,14 +96,6 @@ class TensorRTEmbedder:
         with torch.no_grad():
             features = self.frontend(torch.from_numpy(np.ascontiguousarray(windows, np.float32))).cuda().contiguous()
         return self.audio.run({"features": features}, (features.shape[0], self._dim))
-
-    def embed_audio(self, audio, sample_rate: float, per_window: bool = False) -> np.ndarray:
-        windows = prepare_audio(audio, sample_rate, self.config.frontend)
-        z = np.concatenate([self.embed_windows(windows[i:i + MAX_BATCH]) for i in range(0, len(windows), MAX_BATCH)])
-        if per_window:
-            return z
-        pooled = z.mean(0)
-        return pooled / np.linalg.norm(pooled)
 
     def embed_text(self, texts, template: str | None = None) -> np.ndarray:
         tokens = self.tokenize(check_prompts(texts, template))

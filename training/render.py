@@ -95,26 +95,27 @@ def _slug(text: str) -> str:
 
 
 # -- worker ------------------------------------------------------------------------------------------------------
-_SYNTHS: dict[str, tuple[object, int]] = {}
+_SYNTHS: dict[tuple[str, int], tuple[object, int]] = {}
 
 
-def _synth(font: str):
-    if font not in _SYNTHS:
+def _synth(font: str, sample_rate: int = SAMPLE_RATE):
+    if (font, sample_rate) not in _SYNTHS:
         import fluidsynth
 
-        synth = fluidsynth.Synth(gain=0.5, samplerate=float(SAMPLE_RATE), **{
+        synth = fluidsynth.Synth(gain=0.5, samplerate=float(sample_rate), **{
             "synth.reverb.active": 0, "synth.chorus.active": 0, "synth.polyphony": 64,
         })
         sfid = synth.sfload(font)
         if sfid < 0:
             raise TimbreclipError(f"{font}: fluidsynth could not load the soundfont")
-        _SYNTHS[font] = (synth, sfid)
-    return _SYNTHS[font]
+        _SYNTHS[(font, sample_rate)] = (synth, sfid)
+    return _SYNTHS[(font, sample_rate)]
 
 
-def render_note(font: str, bank: int, program: int, pitch: int, shift_st: float = 0.0) -> np.ndarray:
-    """One note as mono float32 at 16 kHz: 3 s held + 1 s release, velocity 64, optional pitch-bend shift."""
-    synth, sfid = _synth(font)
+def render_note(font: str, bank: int, program: int, pitch: int, shift_st: float = 0.0,
+                sample_rate: int = SAMPLE_RATE) -> np.ndarray:
+    """One note as mono float32: 3 s held + 1 s release, velocity 64, optional pitch-bend shift."""
+    synth, sfid = _synth(font, sample_rate)
     ch = 0
     synth.program_select(ch, sfid, bank, program)
     synth.cc(ch, 121, 0)  # reset controllers (pitch bend back to centre)
@@ -124,9 +125,9 @@ def render_note(font: str, bank: int, program: int, pitch: int, shift_st: float 
         synth.cc(ch, 2, 100)
     synth.pitch_bend(ch, int(round(shift_st / BEND_RANGE_ST * 8192)))  # pyfluidsynth centres at 0
     synth.noteon(ch, pitch, VELOCITY)
-    held = synth.get_samples(int(HELD_S * SAMPLE_RATE))
+    held = synth.get_samples(int(HELD_S * sample_rate))
     synth.noteoff(ch, pitch)
-    tail = synth.get_samples(int(RELEASE_S * SAMPLE_RATE))
+    tail = synth.get_samples(int(RELEASE_S * sample_rate))
     synth.cc(ch, 120, 0)  # all sound off, so nothing rings into the next note
     synth.get_samples(512)
     stereo = np.concatenate([held, tail]).astype(np.float32).reshape(-1, 2) / 32768.0
