@@ -73,6 +73,8 @@ def main() -> None:
     ap.add_argument("--source-weight", type=float, default=0.5)
     ap.add_argument("--paper-notes", type=int, default=8, help="notes for the 5000-step comparison (x 2 prompts)")
     ap.add_argument("--penalty-notes", type=int, default=12, help="notes for the penalty comparison (x 2 prompts)")
+    ap.add_argument("--penalty", type=float, help="gain penalty (default: the steering default)")
+    ap.add_argument("--prompts", nargs="+", choices=sorted(PROMPTS), help="only these prompts")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -84,9 +86,11 @@ def main() -> None:
     for n in notes:
         audio, rate = read_audio(n.path)
         clips.append((n, audio.mean(axis=0), rate))
-    fast = SteeringConfig()
+    fast = SteeringConfig() if args.penalty is None else SteeringConfig(penalty=args.penalty)
     rows = {}
     for prompt, (kind, sign) in PROMPTS.items():
+        if args.prompts and prompt not in args.prompts:
+            continue
         moved, changes, gains, active, times = [], [], [], [], []
         for n, audio, rate in clips:
             if kind == "low_share" and n.pitch > BASS_MAX_PITCH:
@@ -99,7 +103,7 @@ def main() -> None:
             change = (after_v - before_v) if kind == "low_share" else 1200 * np.log2(max(after_v, 1e-9) / before_v)
             moved.append(sign * change > 0)
             changes.append(change)
-            g = np.array([b.gain_db for b in settings.bands])
+            g = np.array([b.gain_db for b in settings.bands])  # physical gains of the played EQ
             gains.append(float(np.abs(g).mean()))
             active.append(int((np.abs(g) > 1.0).sum()))
             times.append(result.seconds)
@@ -127,8 +131,8 @@ def main() -> None:
             if len(penalty) < 2 * args.penalty_notes:
                 free = steer(model, windows, {prompt: 1.0}, args.source_weight, replace(fast, penalty=0.0))
                 penalty.append({"with_penalty": f.improvement, "without_penalty": free.improvement,
-                                "gain_with": float(f.eq.gain_db.abs().mean()),
-                                "gain_without": float(free.eq.gain_db.abs().mean())})
+                                "gain_with": float(f.eq.gain_db.detach().abs().mean()),
+                                "gain_without": float(free.eq.gain_db.detach().abs().mean())})
     report = {"data": args.data, "split": args.split, "notes": len(clips), "source_weight": args.source_weight,
               "fast_config": fast.__dict__, "prompts": rows}
     if paper:
