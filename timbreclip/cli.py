@@ -210,6 +210,8 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--markdown", help="write the Table-1 style markdown table")
     p.add_argument("--plot", help="write R@k curves (PNG)")
     p.add_argument("--no-cache", action="store_true", help="recompute embeddings even if cached")
+    p.add_argument("--split", choices=("all", "validation"), default="all",
+                   help="validation: only the programs the trainer holds out (seed 0) of a training folder")
     p.set_defaults(run=_run_evaluate)
 
 
@@ -227,7 +229,7 @@ def _run_evaluate(args) -> int:
             name = f"{Path(path).parent.name}/{Path(path).name}"
         models[name] = load_embedder(path, args.backend)
     report = evaluate_models(args.dataset, models, args.json_out, args.markdown, args.plot,
-                             use_cache=not args.no_cache)
+                             use_cache=not args.no_cache, split=args.split)
     print(markdown_table(report))
     return 0
 

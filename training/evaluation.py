@@ -403,14 +403,28 @@ def curve_values(row: dict) -> dict[str, dict[str, list[float]]]:
 
 
 def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_out=None, markdown_out=None,
-                    plot_out=None, seed: int = 0, use_cache: bool = True, progress: bool = False) -> dict:
-    """Evaluate several models on one folder; they share the data, the random and the perfect rows."""
-    eval_set = load_eval_set(folder)
+                    plot_out=None, seed: int = 0, use_cache: bool = True, progress: bool = False,
+                    split: str = "all") -> dict:
+    """Evaluate several models on one folder; they share the data, the random and the perfect rows.
+
+    ``split="validation"`` keeps only the training split's held-out programs (as the trainer holds them out)."""
+    notes = None
+    if split == "validation":
+        from .data import split_validation
+        from .patchfolder import read_patch_folder
+
+        notes = read_patch_folder(folder)
+        _, val = split_validation(notes, seed=0)
+        notes = [notes[i] for i in val]
+    eval_set = load_eval_set(folder, notes)
+    if split != "all":
+        eval_set.name = f"{folder} ({split})"
+        eval_set.fingerprint += f"-{split}"
     first = next(iter(models.values()))
     rate, samples = first.config.frontend.sample_rate, first.config.frontend.window_samples
     clips = load_clips(eval_set.paths, rate, samples)
     eval_set.note_hash = audio_hashes(clips)
-    report = {"dataset": str(folder), "patches": len(eval_set.patch_ids), "notes": eval_set.n_notes, "rows": {}}
+    report = {"dataset": eval_set.name, "patches": len(eval_set.patch_ids), "notes": eval_set.n_notes, "rows": {}}
     curves = {}
     for name, model in models.items():
         fe = model.config.frontend
