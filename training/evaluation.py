@@ -92,10 +92,11 @@ class QueryResults:
             return out
         uniq, inverse = np.unique(self.groups, return_inverse=True)
         counts = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=n_boot)  # (boot, groups)
-        weights = counts[:, inverse]  # each query weighted by how often its group was drawn
-        denom = weights.sum(axis=1)
+        # a resampled group brings all its queries: sum per group first, then weight the groups
+        per_group_n = np.bincount(inverse, minlength=len(uniq)).astype(np.float64)
+        denom = counts @ per_group_n
         for name, v in self.values.items():
-            means = (weights @ v) / np.maximum(denom, 1)
+            means = (counts @ np.bincount(inverse, weights=v, minlength=len(uniq))) / np.maximum(denom, 1)
             lo, hi = np.percentile(means, [2.5, 97.5]) * scale[name]
             out[f"{name}_ci"] = [round(float(lo), 3), round(float(hi), 3)]
         return out
