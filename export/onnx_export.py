@@ -16,7 +16,6 @@ Every export uses an example batch of 2, so the batch dimension is not silently 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import sys
@@ -156,7 +155,3 @@ def read_manifest(folder: str | os.PathLike, expect_hash: str | None = None) -> 
 def export_cache_dir(model: TimbreCLIP, fmt: str) -> Path:
     root = os.environ.get("TIMBRECLIP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "timbreclip")
     return Path(root) / "exports" / model_hash(model)[:16] / fmt
-
-
-def sha_short(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:8]
