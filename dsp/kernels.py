@@ -19,13 +19,14 @@ import os
 import sys
 from pathlib import Path
 
+from .cache import user_cache_dir
+
 _LOADED: dict[int, object] = {}
 _VERSION = 1
 
 
 def cache_dir() -> Path:
-    root = os.environ.get("TIMBRECLIP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "timbreclip")
-    return Path(root) / "kernels"
+    return user_cache_dir("kernels")
 
 
 def kernel_source(sections: int) -> str:

@@ -27,6 +27,7 @@ from .biquad import BAND_TYPES, GAIN_TYPES, design_sos
 from .errors import SettingsError
 
 CLAMP_FRACTION = 0.45  # where --clamp-bands moves a band that does not fit below Nyquist
+CHUNK_FRAMES = 1 << 16  # bounded per-call block when playing a whole array
 
 
 @dataclass(frozen=True)
@@ -116,13 +117,17 @@ class EQSettings:
 
     # -- applying -----------------------------------------------------------------------------------------------
     def __call__(self, audio: np.ndarray, sample_rate: float) -> np.ndarray:
-        """Equalise ``audio`` (``(channels, frames)`` or ``(frames,)``) at ``sample_rate`` with the numba engine."""
+        """Equalise ``audio`` (``(channels, frames)`` or ``(frames,)``) at ``sample_rate`` with the numba engine,
+        in chunks of ``CHUNK_FRAMES`` (state carried), into one output array."""
         from .engine import BiquadCascade
 
         x = np.asarray(audio, dtype=np.float32)
         block = x[None, :] if x.ndim == 1 else x
         cascade = BiquadCascade(self.sos(sample_rate), channels=block.shape[0], output_gain_db=self.output_gain_db)
-        y = cascade.process(np.ascontiguousarray(block))
+        y = np.empty(block.shape, dtype=np.float32)
+        for start in range(0, block.shape[1], CHUNK_FRAMES):
+            cascade.process(np.ascontiguousarray(block[:, start:start + CHUNK_FRAMES]),
+                            out=y[:, start:start + CHUNK_FRAMES])
         return y[0] if x.ndim == 1 else y
 
     def response_db(self, freqs_hz: np.ndarray, sample_rate: float | None = None) -> np.ndarray:

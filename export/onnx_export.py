@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from timbreclip.dsp.cache import user_cache_dir
 from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.neural.model import TimbreCLIP, file_sha256
 
@@ -153,5 +154,4 @@ def read_manifest(folder: str | os.PathLike, expect_hash: str | None = None) -> 
 
 
 def export_cache_dir(model: TimbreCLIP, fmt: str) -> Path:
-    root = os.environ.get("TIMBRECLIP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "timbreclip")
-    return Path(root) / "exports" / model_hash(model)[:16] / fmt
+    return user_cache_dir("exports", model_hash(model)[:16], fmt)

@@ -131,9 +131,6 @@ class TimbreCLIP(nn.Module):
         return np.asarray(a) @ np.asarray(b).T
 
     # -- checkpoints -------------------------------------------------------------------------------------------
-    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
-        return {k: v for k, v in self.state_dict().items()}
-
     def save(self, directory: str | os.PathLike, extra_provenance: dict | None = None) -> Path:
         from safetensors.torch import save_file
 
@@ -143,7 +140,7 @@ class TimbreCLIP(nn.Module):
         out.mkdir(parents=True, exist_ok=True)
         if extra_provenance:
             self.config.provenance.update(extra_provenance)
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.trainable_state_dict().items()}
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
         tmp = out / f".{WEIGHTS_FILE}.tmp-{os.getpid()}"
         save_file(tensors, str(tmp), metadata={"format": "timbreclip"})
         os.replace(tmp, out / WEIGHTS_FILE)

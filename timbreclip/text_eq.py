@@ -5,20 +5,17 @@ from __future__ import annotations
 import math
 import sys
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
 from timbreclip import __version__
 from timbreclip.dsp.audio_io import read_audio, write_audio
 from timbreclip.dsp.descriptors import peak_dbfs
-from timbreclip.dsp.engine import BiquadCascade
-from timbreclip.dsp.errors import AudioFileError, TimbreclipError
+from timbreclip.dsp.errors import AudioFileError
 from timbreclip.dsp.settings import EQSettings
 
 MIN_SECONDS = 0.05
 SILENCE_DBFS = -80.0
-CHUNK = 1 << 16
 
 
 def loudness_lufs(audio: np.ndarray, rate: float) -> float:
@@ -30,15 +27,6 @@ def loudness_lufs(audio: np.ndarray, rate: float) -> float:
         return 10 * math.log10(float(np.mean(audio.astype(np.float64) ** 2)) + 1e-12)
     value = pyloudnorm.Meter(rate).integrated_loudness(x)
     return float(value) if math.isfinite(value) else -120.0
-
-
-def apply_in_chunks(settings: EQSettings, audio: np.ndarray, rate: float) -> np.ndarray:
-    """The numba engine over ``(channels, frames)`` in chunks (bounded per-call size, state carried)."""
-    cascade = BiquadCascade(settings.sos(rate), audio.shape[0], settings.output_gain_db)
-    out = np.empty_like(audio)
-    for start in range(0, audio.shape[1], CHUNK):
-        cascade.process(np.ascontiguousarray(audio[:, start:start + CHUNK]), out=out[:, start:start + CHUNK])
-    return out
 
 
 @dataclass
@@ -63,7 +51,7 @@ def run_eq(in_path: str, out_path: str, prompts: dict[str, float], model, source
     if peak_dbfs(audio) < SILENCE_DBFS:
         raise AudioFileError(f"{in_path}: silent (peak {peak_dbfs(audio):.0f} dBFS): nothing to steer")
     settings = plugin.fit(audio, rate)
-    y = apply_in_chunks(settings, audio, rate)
+    y = settings(audio, rate)  # the numba engine, in chunks
     gain_db = 0.0
     if match_loudness:
         gain_db = loudness_lufs(audio, rate) - loudness_lufs(y, rate)

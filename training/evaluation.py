@@ -33,6 +33,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from timbreclip.dsp.cache import user_cache_dir
+
 KS = (1, 5, 10, 50)
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)
 QUERY_TYPES = ("title", "title_category", "category")
@@ -310,8 +312,7 @@ def embed_clips(model, clips: np.ndarray, batch_size: int = 64) -> np.ndarray:
 
 
 def cache_path(model_fingerprint: str, eval_set: EvalSet) -> Path:
-    root = os.environ.get("TIMBRECLIP_CACHE") or os.path.join(os.path.expanduser("~"), ".cache", "timbreclip")
-    return Path(root) / "embeddings" / f"{model_fingerprint[:16]}-{eval_set.fingerprint}.npy"
+    return user_cache_dir("embeddings", f"{model_fingerprint[:16]}-{eval_set.fingerprint}.npy")
 
 
 def evaluate_embeddings(eval_set: EvalSet, note_emb: np.ndarray, embed_texts, rng=None,

@@ -35,7 +35,7 @@ from timbreclip.neural.frontend import FrontEnd
 from timbreclip.neural.model import ModelConfig, TimbreCLIP
 
 from .data import RandomEQ, augment_batch, build_note_set, mel_cache, read_any, split_validation
-from .evaluation import (EvalSet, QUERY_TYPES, evaluate_embeddings, query_texts, timbre_word_accuracy)
+from .evaluation import QUERY_TYPES, evaluate_embeddings, load_eval_set, timbre_word_accuracy
 from .labels import EQ_ARCHETYPES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
@@ -233,7 +233,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
         rng.bit_generator.state = st["numpy_rng"][rank] if isinstance(st["numpy_rng"], list) else st["numpy_rng"]
         log(f"resuming at epoch {start_epoch} (best {best_score:.3f} at epoch {best_epoch})")
 
-    val_set = _val_eval_set(note_set, val_base)
+    val_set = load_eval_set(data_dir, [notes[i] for i in val_base])  # same order as val_base
     val_features = FrontEnd.standardise(torch.from_numpy(np.asarray(cache[val_base], dtype=np.float32)))
     val_words = [note_set.words[i] for i in val_base]
     log_path = out / "log.jsonl"
@@ -315,16 +315,3 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
     return {"best_score": best_score, "best_epoch": best_epoch, "epochs_run": len(history),
             "train_notes": len(train_base), "val_notes": len(val_base)}
 
-
-def _val_eval_set(note_set, val_base: list[int]) -> EvalSet:
-    patch_index: dict[str, int] = {}
-    meta = []
-    for i in val_base:
-        n = note_set.notes[i]
-        if n.patch_id not in patch_index:
-            patch_index[n.patch_id] = len(patch_index)
-            meta.append((n.title, n.category))
-    texts = {t: [query_texts(title, cat)[t] for title, cat in meta] for t in QUERY_TYPES}
-    return EvalSet("validation", [note_set.notes[i].path for i in val_base],
-                   np.array([patch_index[note_set.notes[i].patch_id] for i in val_base]), list(patch_index), texts,
-                   [], "validation")
