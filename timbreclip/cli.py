@@ -171,7 +171,8 @@ def _add_train(sub) -> None:
     p.add_argument("--config", default="scratch-cpu", help="shipped config name (paper, scratch-cpu) or JSON file")
     p.add_argument("--data", required=True, help="labelled patch folder (or NSynth json/wav folder) to train on")
     p.add_argument("--out", required=True, help="run folder: best/, last/, log.jsonl")
-    p.add_argument("--init", nargs=2, metavar=("KIND", "FILE"), help="initial weights: wav2clip FILE")
+    p.add_argument("--init", nargs=2, metavar=("KIND", "FILE"), help="initial weights: wav2clip FILE, or model DIR (a TimbreCLIP model "
+                   "folder, e.g. timbreclip/model, to fine-tune)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its last epoch")
     p.add_argument("--cache", help="folder for the log-mel cache (default: OUT/cache)")
     for flag, kind in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--width", int),
@@ -189,13 +190,15 @@ def _run_train(args) -> int:
     overrides = {k: getattr(args, k) for k in ("epochs", "batch_size", "lr", "width", "steps_per_epoch",
                                                 "patience", "seed") if getattr(args, k) is not None}
     cfg = replace(cfg, **overrides)
-    init_file = None
+    init_file = init_model = None
     if args.init:
-        kind, init_file = args.init
-        if kind != "wav2clip":
-            raise TimbreclipError(f"--init {kind}: only 'wav2clip FILE' is supported")
-        cfg = replace(cfg, init="wav2clip")
-    result = train(cfg, args.data, args.out, resume=args.resume, init_wav2clip=init_file, cache_dir=args.cache)
+        kind, path = args.init
+        if kind not in ("wav2clip", "model"):
+            raise TimbreclipError(f"--init {kind}: use 'wav2clip FILE' or 'model DIR'")
+        init_file, init_model = (path, None) if kind == "wav2clip" else (None, path)
+        cfg = replace(cfg, init=kind)
+    result = train(cfg, args.data, args.out, resume=args.resume, init_wav2clip=init_file, init_model=init_model,
+                   cache_dir=args.cache)
     print(f"best validation score {result['best_score']:.2f} at epoch {result['best_epoch']} "
           f"({result['epochs_run']} epochs run); model in {args.out}/best")
     return 0

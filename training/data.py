@@ -25,10 +25,11 @@ import numpy as np
 import torch
 
 from timbreclip.dsp.biquad import BAND_CODE, cascade_response, normalise, rbj_coefficients
+from timbreclip.dsp.parametric_eq import DEFAULT_BAND_TYPES as PARAMETRIC_BANDS
 from timbreclip.neural.frontend import LOG_FLOOR, FrontEnd, FrontEndConfig
 
 from .gm import GM_FAMILIES
-from .labels import BRIGHTNESS_WORDS, EQ_ARCHETYPES, descriptor_words, sound_texts
+from .labels import BRIGHTNESS_WORDS, EQ_ARCHETYPES, LOW_SHARE_CUTOFF_HZ, descriptor_words, sound_texts
 from .patchfolder import DatasetError, Note, read_patch_folder
 
 
@@ -146,13 +147,31 @@ def mel_cache(notes: list[Note], config: FrontEndConfig, cache_dir: str | os.Pat
 
 # -- augmentation ----------------------------------------------------------------------------------------------------
 class RandomEQ:
-    """Random archetype EQs as log-gains per mel band (see module docstring)."""
+    """Random EQs as log-gains per mel band (see module docstring): archetypes with their words, and free parametric
+    EQs (the steering EQ's band layout) for the direction loss; plus the descriptors a log-mel spectrogram implies."""
 
     def __init__(self, config: FrontEndConfig) -> None:
         fe = FrontEnd(config)
         self.rate = float(config.sample_rate)
         self.freqs = torch.fft.rfftfreq(config.n_fft, 1.0 / config.sample_rate, dtype=torch.float64)
         self.filters = fe.filters.double() if fe.filters is not None else None
+        if self.filters is not None:  # each (unit-area) filter's centre and how many bins of power it stands for
+            self.centres = (self.filters @ self.freqs) / self.filters.sum(1)
+            self.widths = 1.0 / self.filters.max(1).values
+        else:
+            self.centres, self.widths = self.freqs, torch.ones_like(self.freqs)
+
+    def _log_gain(self, kinds: list[str], freqs, gains, qs) -> torch.Tensor:
+        """Log power gain ``(..., n_features)`` of cascades of ``kinds`` with parameters ``(..., bands)``."""
+        codes = torch.tensor([BAND_CODE[k] for k in kinds])
+        sos = normalise(rbj_coefficients(codes, torch.as_tensor(freqs, dtype=torch.float64),
+                                         torch.as_tensor(gains, dtype=torch.float64),
+                                         torch.as_tensor(qs, dtype=torch.float64), self.rate, xp=torch))
+        h = cascade_response(sos, self.freqs, self.rate, xp=torch)
+        power_gain = h.real**2 + h.imag**2
+        if self.filters is not None:
+            power_gain = power_gain @ self.filters.T
+        return torch.log(power_gain).float()
 
     def log_gain(self, archetype, rng: np.random.Generator) -> torch.Tensor:
         """``(n_features,)`` log power gain of one random EQ of ``archetype``."""
@@ -161,15 +180,28 @@ class RandomEQ:
             if spec:
                 (f_lo, f_hi), (g_lo, g_hi) = spec
                 bands.append((kind, float(np.exp(rng.uniform(np.log(f_lo), np.log(f_hi)))), float(rng.uniform(g_lo, g_hi))))
-        codes = torch.tensor([BAND_CODE[k] for k, _, _ in bands])
-        sos = normalise(rbj_coefficients(codes, torch.tensor([f for _, f, _ in bands], dtype=torch.float64),
-                                         torch.tensor([g for _, _, g in bands], dtype=torch.float64),
-                                         torch.full((len(bands),), 0.7071, dtype=torch.float64), self.rate, xp=torch))
-        h = cascade_response(sos, self.freqs, self.rate, xp=torch)
-        power_gain = h.real**2 + h.imag**2
-        if self.filters is not None:
-            power_gain = self.filters @ power_gain
-        return torch.log(power_gain).float()
+        return self._log_gain([k for k, _, _ in bands], [f for _, f, _ in bands], [g for _, _, g in bands],
+                              [0.7071] * len(bands))
+
+    def parametric_log_gain(self, count: int, rng: np.random.Generator, kinds: tuple[str, ...] = PARAMETRIC_BANDS,
+                            p_active: float = 0.5, max_gain_db: float = 12.0) -> torch.Tensor:
+        """``(count, n_features)`` log power gains of random EQs with the steering EQ's band layout: each band is
+        active with probability ``p_active``, gain uniform in +-``max_gain_db``, frequency log-uniform from 30 Hz to
+        0.45 x rate, Q log-uniform 0.3..10 (shelves 0.3..2)."""
+        n = len(kinds)
+        freqs = np.exp(rng.uniform(np.log(30.0), np.log(0.45 * self.rate), (count, n)))
+        gains = rng.uniform(-max_gain_db, max_gain_db, (count, n)) * (rng.random((count, n)) < p_active)
+        q_hi = np.array([2.0 if k.endswith("shelf") else 10.0 for k in kinds])
+        qs = np.exp(rng.uniform(np.log(0.3), np.log(q_hi), (count, n)))
+        return self._log_gain(list(kinds), freqs, gains, qs)
+
+    def descriptors(self, logmel: torch.Tensor, cutoff_hz: float = LOW_SHARE_CUTOFF_HZ) -> dict[str, torch.Tensor]:
+        """Power-weighted spectral centroid (Hz) and share of power below ``cutoff_hz`` of each clip of a log band
+        power spectrogram ``(batch, n_features, frames)``, the band powers weighted by the bins they stand for."""
+        power = (torch.exp(logmel.double()) * self.widths[:, None]).sum(-1)
+        total = power.sum(-1).clamp(min=1e-30)
+        return {"centroid": (power * self.centres).sum(-1) / total,
+                "low_share": power[:, self.centres < cutoff_hz].sum(-1) / total}
 
 
 def augment_batch(logmel: torch.Tensor, texts: list[list[str]], categories: list[str], rng: np.random.Generator,

@@ -12,6 +12,10 @@ Descriptor thresholds (measured on the training split's original notes: the quar
 | short release / long release | after note-off, 30 dB of decay within 100 ms / not within 1 s |
 | noisy | median spectral flatness of the held part > 0.1 |
 
+Direction words (``DIRECTION_WORDS``): what a word asks an EQ to do to a measured descriptor, used by the trainer's
+direction loss (see ``training/trainer.py``): the spectral centroid up for "bright", down for "warm", the share of
+energy below 250 Hz up for "bass-heavy", down for "thin".
+
 Random-EQ words (``EQ_ARCHETYPES``): a training clip whose spectrum got a random EQ of one archetype gets that
 archetype's words, and loses its measured bright/dark words, which the EQ may have made untrue.
 """
@@ -82,6 +86,15 @@ class EQArchetype:
     high_shelf: tuple[tuple[float, float], tuple[float, float]] | None
     words: tuple[str, ...]
 
+
+DIRECTION_WORDS = (
+    ("bright", "centroid", +1), ("brighter", "centroid", +1), ("crisp", "centroid", +1),
+    ("dark", "centroid", -1), ("darker", "centroid", -1), ("muffled", "centroid", -1),
+    ("warm", "centroid", -1), ("warmer", "centroid", -1),
+    ("bass-heavy", "low_share", +1), ("boomy", "low_share", +1), ("more bass", "low_share", +1),
+    ("thin", "low_share", -1), ("thinner", "low_share", -1),
+)
+LOW_SHARE_CUTOFF_HZ = 250.0
 
 EQ_ARCHETYPES = (
     EQArchetype("bright", None, ((2000.0, 5000.0), (6.0, 12.0)), ("bright", "brighter", "crisp")),

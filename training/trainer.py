@@ -8,7 +8,17 @@ is learned (CLIP's logit scale, capped at 100).
 
 Model selection and early stopping use validation retrieval only (held-out GM programs of the training fonts):
 the selection score is the mean of R@1, R@5 and R@10 over both directions and the title, title + category and
-category queries. The best checkpoint is kept; ``last/`` holds what resuming needs (weights, optimiser state,
+category queries.
+
+Direction loss (``direction_weight`` > 0; what text-steered EQ needs): a steering word must not only match sounds,
+its similarity must move the way the word says when an EQ changes the sound. For ``direction_pairs`` clips per
+batch, two versions of the clip (flat or a random parametric EQ with the steering EQ's band layout, each) are
+embedded; for each direction word (``labels.DIRECTION_WORDS``: "bright" -> spectral centroid up, "warm" -> down,
+"bass-heavy" -> energy share below 250 Hz up, ...) whose descriptor changed by more than a small margin, a logistic
+loss asks the word's similarity to rank the two versions as the descriptor does:
+``softplus(-sign * scale * (sim(z_b, word) - sim(z_a, word)))``. The descriptors are measured on the clip's own
+band powers (``RandomEQ.descriptors``). The steering benchmark measures the same descriptors, on notes of fonts the
+model never heard, after an EQ the optimiser found. The best checkpoint is kept; ``last/`` holds what resuming needs (weights, optimiser state,
 epoch, RNG states), all in safetensors/JSON.
 
 Distributed: the same code runs under ``torchrun`` with DistributedDataParallel (gloo on CPU, NCCL on GPU); each
@@ -36,7 +46,7 @@ from timbreclip.neural.model import ModelConfig, TimbreCLIP
 
 from .data import RandomEQ, augment_batch, build_note_set, mel_cache, read_any, split_validation
 from .evaluation import QUERY_TYPES, evaluate_embeddings, load_eval_set, timbre_word_accuracy
-from .labels import EQ_ARCHETYPES
+from .labels import DIRECTION_WORDS, EQ_ARCHETYPES
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -46,7 +56,7 @@ class TrainConfig:
     name: str = "scratch-cpu"
     model: str = "cpu"  # ModelConfig preset
     width: int | None = None  # overrides of the preset's audio encoder
-    init: str = "random"  # "random" or "wav2clip" (needs --init wav2clip FILE)
+    init: str = "random"  # "random", "wav2clip" (needs --init wav2clip FILE) or "model" (--init model DIR)
     epochs: int = 60
     batch_size: int = 128
     lr: float = 1e-3
@@ -60,6 +70,8 @@ class TrainConfig:
     patience: int = 10
     val_programs_per_family: int = 1
     seed: int = 0
+    direction_weight: float = 0.0  # weight of the direction loss (module docstring); 0 = off
+    direction_pairs: int = 32  # clips per batch that get the direction loss
     steps_per_epoch: int | None = None  # cap (quick runs and tests)
     extra: dict = field(default_factory=dict)
 
@@ -105,6 +117,49 @@ def multi_positive_loss(za: torch.Tensor, zt: torch.Tensor, scale: torch.Tensor,
     loss_audio = -(logits.log_softmax(dim=1) * pos).sum(1) / pos.sum(1).clamp(min=1)
     loss_text = -(logits.log_softmax(dim=0) * pos).sum(0) / pos.sum(0).clamp(min=1)
     return 0.5 * (loss_audio.mean() + loss_text.mean())
+
+
+DIRECTION_MIN_CENTS = 10.0  # smaller descriptor changes are not asked about
+DIRECTION_MIN_SHARE = 0.002
+
+
+DIRECTION_TEXTS = [w for w, _, _ in DIRECTION_WORDS]
+
+
+def direction_signs(before: dict, after: dict, words=DIRECTION_WORDS) -> torch.Tensor:
+    """``(clips, words)`` +1 / -1 where the word's descriptor moved its way / the other way from ``before`` to
+    ``after`` (``RandomEQ.descriptors`` of two versions of the same clips), 0 where it barely moved."""
+    cents = 1200 * torch.log2(after["centroid"] / before["centroid"].clamp(min=1e-9))
+    share = after["low_share"] - before["low_share"]
+    moved = {"centroid": torch.where(cents.abs() > DIRECTION_MIN_CENTS, cents.sign(), torch.zeros_like(cents)),
+             "low_share": torch.where(share.abs() > DIRECTION_MIN_SHARE, share.sign(), torch.zeros_like(share))}
+    return torch.stack([sign * moved[kind] for _, kind, sign in words], dim=1).float()
+
+
+def direction_loss(za: torch.Tensor, zb: torch.Tensor, zt_words: torch.Tensor, signs: torch.Tensor,
+                   scale: torch.Tensor) -> torch.Tensor:
+    """Logistic ranking loss: each word's similarity must rise from ``za`` to ``zb`` where ``signs`` is +1, fall
+    where it is -1 (see module docstring)."""
+    delta = (zb - za) @ zt_words.T
+    mask = signs != 0
+    if not mask.any():
+        return delta.sum() * 0.0
+    return F.softplus(-signs[mask] * scale * delta[mask]).mean()
+
+
+def _direction_batch(logmel: torch.Tensor, rng: np.random.Generator, random_eq: RandomEQ, count: int,
+                     crop_frames: int | None):
+    """Two versions (flat or a random parametric EQ each) of ``count`` clips: features a, b and the word signs."""
+    picks = rng.choice(len(logmel), min(count, len(logmel)), replace=False)
+    x = logmel[torch.from_numpy(picks)]
+    if crop_frames and crop_frames < x.shape[-1]:
+        starts = rng.integers(0, x.shape[-1] - crop_frames + 1, size=len(x))
+        x = torch.stack([x[i, :, s:s + crop_frames] for i, s in enumerate(starts)])
+    gains = random_eq.parametric_log_gain(2 * len(x), rng)
+    gains[rng.random(2 * len(x)) < 0.25] = 0.0  # some versions stay flat
+    a, b = x + gains[: len(x), :, None], x + gains[len(x):, :, None]
+    signs = direction_signs(random_eq.descriptors(a), random_eq.descriptors(b))
+    return FrontEnd.standardise(a), FrontEnd.standardise(b), signs
 
 
 def _lr_at(step: int, total: int, warmup: int, cfg: TrainConfig) -> float:
@@ -165,7 +220,7 @@ def _param_digest(module: nn.Module) -> str:
 
 
 def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
-          init_wav2clip: str | None = None, cache_dir: str | os.PathLike | None = None,
+          init_wav2clip: str | None = None, init_model: str | None = None, cache_dir: str | os.PathLike | None = None,
           progress: bool = True, log=print) -> dict:
     """Train on ``data_dir``; writes ``out_dir/best`` (model dir), ``out_dir/last`` and ``out_dir/log.jsonl``."""
     from tqdm import tqdm
@@ -188,10 +243,26 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
     if cfg.width:
         model_cfg.audio = AudioEncoderConfig(**{**model_cfg.audio.as_dict(), "width": cfg.width})
     model = TimbreCLIP(model_cfg)
+    init_provenance: dict = {}
     if cfg.init == "wav2clip":
         if not init_wav2clip:
             raise TimbreclipError(f"config {cfg.name} fine-tunes Wav2CLIP: pass --init wav2clip FILE")
         model.load_wav2clip(init_wav2clip)
+    elif cfg.init == "model":
+        if not init_model:
+            raise TimbreclipError(f"config {cfg.name} fine-tunes a TimbreCLIP model: pass --init model DIR")
+        start = TimbreCLIP.load(init_model, text_encoder=model.text.frozen)
+        def architecture(c):
+            return {k: v for k, v in c.to_dict().items() if k != "provenance"}
+        if architecture(start.config) != architecture(model_cfg):
+            raise TimbreclipError(f"{init_model}: its model config differs from the training config's ({cfg.model})")
+        trained = start.config.provenance.get("training", {}).get("config", {})
+        for key in ("seed", "val_programs_per_family"):  # the split depends on these: another split would leak
+            if key in trained and trained[key] != getattr(cfg, key):
+                raise TimbreclipError(f"{init_model}: was trained with {key}={trained[key]}, this config has "
+                                      f"{getattr(cfg, key)}: its validation notes would include training notes")
+        model.load_state_dict(start.state_dict())
+        init_provenance = {"init_model": {"path": str(init_model), **start.config.provenance}}
     fe_cfg = model_cfg.frontend
     cache_folder = cache_dir or (out / "cache")
     if rank == 0:  # one process builds the cache; the others open it when it is done
@@ -203,7 +274,8 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
 
     # frozen text embeddings of every text the run can use, computed once
     all_texts = sorted({t for ts in note_set.texts for t in ts} | {w for a in EQ_ARCHETYPES for w in a.words}
-                       | {f"{a.words[0]} {n.category}" for a in EQ_ARCHETYPES for n in notes})
+                       | {f"{a.words[0]} {n.category}" for a in EQ_ARCHETYPES for n in notes}
+                       | set(DIRECTION_TEXTS))
     model.text.encode_frozen(all_texts)
 
     trainable = ContrastiveModule(model)
@@ -242,7 +314,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
     for epoch in range(start_epoch, cfg.epochs):
         trainable.train()
         order = rng.permutation(len(train_base)) if world == 1 else np.random.default_rng([cfg.seed, epoch]).permutation(len(train_base))
-        losses = []
+        losses, dlosses = [], []
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not (progress and rank == 0))
         for b in bar:
             batch_base = [train_base[j] for j in order[b * cfg.batch_size:(b + 1) * cfg.batch_size]][rank::world]
@@ -260,15 +332,25 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
                 positives[i, [index[t] for t in ts]] = True
             for g in opt.param_groups:
                 g["lr"] = _lr_at(step, total_steps, warmup, cfg)
-            za, zt, scale = wrapped(features, model.text.encode_frozen(batch_texts))
-            loss = multi_positive_loss(za, zt, scale, positives)
+            extra_texts, pairs = [], 0
+            if cfg.direction_weight > 0:  # one forward for both losses (DDP wants one per backward)
+                fa, fb, signs = _direction_batch(logmel, rng, random_eq, cfg.direction_pairs, cfg.crop_frames)
+                features, extra_texts, pairs = torch.cat([features, fa, fb]), DIRECTION_TEXTS, len(fa)
+            za, zt, scale = wrapped(features, model.text.encode_frozen(batch_texts + extra_texts))
+            n, m = len(za) - 2 * pairs, len(batch_texts)
+            loss = multi_positive_loss(za[:n], zt[:m], scale, positives)
+            if pairs:
+                dloss = direction_loss(za[n:n + pairs], za[n + pairs:], zt[m:], signs, scale.detach())
+                loss = loss + cfg.direction_weight * dloss
+                dlosses.append(dloss.item())
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
             losses.append(loss.item())
             bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        record = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)), "lr": opt.param_groups[0]["lr"],
+        record = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
+                  **({"direction_loss": float(np.mean(dlosses))} if dlosses else {}), "lr": opt.param_groups[0]["lr"],
                   "temperature": float(1.0 / trainable.logit_scale.detach().exp()), "elapsed_s": round(time.time() - started, 1)}
         stop = torch.zeros(1)
         if rank == 0:
@@ -286,7 +368,7 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
                 best_score, best_epoch = score, epoch
                 model.save(out / "best", extra_provenance={"training": {"config": asdict(cfg), "epoch": epoch,
                                                                         "val_score": round(score, 3),
-                                                                        "data": str(data_dir)}})
+                                                                        "data": str(data_dir), **init_provenance}})
             model.save(last)
             _save_optimizer(opt, last / "optimizer.safetensors")
             (last / "trainer_state.json").write_text(json.dumps({
