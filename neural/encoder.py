@@ -8,11 +8,13 @@ stripping a prefix. ``width`` scales every layer (64 is the paper's; 32 is the C
 
 from __future__ import annotations
 
+import copy
 from dataclasses import asdict, dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 
 @dataclass(frozen=True)
@@ -99,6 +101,24 @@ class AudioEncoder(nn.Module):
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         z = self.projection(self.transform(self.resnet(features)))
         return F.normalize(z, dim=-1)
+
+    def fused_for_inference(self) -> "AudioEncoder":
+        """A frozen eval-mode copy with every BatchNorm folded into the convolution before it: the same function
+        (to float rounding) at about three quarters of the cost, forward and backward. For loops that
+        differentiate through a fixed encoder (text-steered EQ); training keeps the unfused module."""
+        fused = copy.deepcopy(self).eval()
+        for module in list(fused.resnet.modules()):
+            for conv_name, bn_name in (("conv1", "bn1"), ("conv2", "bn2")):
+                conv, bn = getattr(module, conv_name, None), getattr(module, bn_name, None)
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    setattr(module, conv_name, fuse_conv_bn_eval(conv, bn))
+                    setattr(module, bn_name, nn.Identity())
+            down = getattr(module, "downsample", None)
+            if isinstance(down, nn.Sequential) and len(down) == 2 and isinstance(down[1], nn.BatchNorm2d):
+                module.downsample = nn.Sequential(fuse_conv_bn_eval(down[0], down[1]))
+        for p in fused.parameters():
+            p.requires_grad_(False)
+        return fused
 
 
 def wav2clip_state_dict_to_ours(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -10,8 +10,11 @@ Objective (the same in every mode)::
     loss = (1 - cos(z_eq, z_target)) + penalty * mean_b |gain_b| / 12 dB
 
 The gain penalty (default 0.02; L1, so it favours few active bands) keeps the EQ gentle: without it most gains end at
-their caps, a crude tilt. The fast default: Adam at lr 0.1 with cosine decay for at most 32 steps, exiting early
-once the objective has not improved by 1e-4 over 8 steps. The model listens at its own rate (16 kHz: nothing above
+their caps, a crude tilt. The paper's mode starts flat and takes 5,000 Adam steps at lr 1e-2. The fast default
+works as an engineer does, broad strokes first: it scores a handful of broad moves (shelves, a tilt and one wide
+peak, up and down; ``BROAD_MOVES``) in one batched forward pass, starts from the best of them (or flat), then refines
+every band with Adam (cosine-decayed lr, early exit once the objective has not improved by 1e-4 over 8 steps). The
+encoder it differentiates through is a copy with BatchNorm folded into the convolutions (same function, cheaper). The model listens at its own rate (16 kHz: nothing above
 8 kHz), so the EQ's bands live below 0.45 x the model's rate and everything above stays flat.
 """
 
@@ -19,6 +22,7 @@ from __future__ import annotations
 
 import math
 import time
+import weakref
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -44,10 +48,49 @@ class SteeringConfig:
     penalty: float = 0.02
     max_gain_db: float = 12.0
     seed: int = 0
+    init: str = "broad"  # "broad" (best of BROAD_MOVES, or flat) or "flat" (the paper's)
 
     @classmethod
     def paper(cls, penalty: float = 0.02) -> "SteeringConfig":
-        return cls(steps=5000, lr=1e-2, schedule="constant", early_exit=False, penalty=penalty)
+        return cls(steps=5000, lr=1e-2, schedule="constant", early_exit=False, penalty=penalty, init="flat")
+
+
+# Broad first moves: (band index in DEFAULT_BAND_TYPES, Hz, dB, Q) per move; every move is tried up and down.
+BROAD_MOVES = (
+    ((7, 1500.0, 6.0, 0.7071),),  # high shelf
+    ((7, 3500.0, 6.0, 0.7071),),
+    ((0, 120.0, 6.0, 0.7071),),  # low shelf
+    ((0, 300.0, 6.0, 0.7071),),
+    ((0, 250.0, -6.0, 0.7071), (7, 2500.0, 6.0, 0.7071)),  # tilt
+    ((3, 500.0, 6.0, 1.0),),  # one wide peak
+    ((3, 1500.0, 6.0, 1.0),),
+    ((3, 3000.0, 6.0, 1.0),),
+)
+
+
+def _broad_eq(eq: ParametricEQ) -> ParametricEQ:
+    """A batched copy of ``eq``'s layout holding flat plus every broad move up and down."""
+    moves = [()] + [m for move in BROAD_MOVES for m in (move, tuple((b, f, -g, q) for b, f, g, q in move))]
+    batch = ParametricEQ(eq.sample_rate, eq.band_types, eq.ranges, batch_size=len(moves))
+    freq, gain, q = (t.detach().clone() for t in (batch.freq_hz, batch.gain_db, batch.q))
+    for i, move in enumerate(moves):
+        for band, f, g, bq in move:
+            freq[i, band], gain[i, band], q[i, band] = f, g, bq
+    batch.set_bands(freq, gain, q)
+    return batch
+
+
+_FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
+def _steering_encoder(model):
+    """The model's audio encoder with BatchNorm folded in, rebuilt only when the weights change."""
+    key = tuple((p.data_ptr(), p._version) for p in model.audio.parameters())
+    cached = _FUSED.get(model)
+    if cached is None or cached[0] != key:
+        cached = (key, model.audio.fused_for_inference())
+        _FUSED[model] = cached
+    return cached[1]
 
 
 @dataclass
@@ -82,49 +125,63 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     model.eval()
     fe = model.frontend
     fe_cfg = model.config.frontend
+    encoder = _steering_encoder(model)
     with torch.no_grad():
         power = fe.power(windows)
-        z_source = F.normalize(model.audio(fe.features_from_power(power)).mean(0), dim=-1)
+        z_source = F.normalize(encoder(fe.features_from_power(power)).mean(0), dim=-1)
         z_prompts = model.encode_text(list(prompts))
         weights = torch.tensor(list(prompts.values()), dtype=z_prompts.dtype)
         target = F.normalize(source_weight * z_source + (weights[:, None] * z_prompts).sum(0), dim=-1)
     eq = ParametricEQ(fe_cfg.sample_rate, ranges=BandRanges(gain_db=(-config.max_gain_db, config.max_gain_db)))
-    for p in model.parameters():
-        p.requires_grad_(False)
+
+    def score(gain_db: torch.Tensor, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        distance = 1.0 - F.normalize(z, dim=-1) @ target
+        return distance + config.penalty * gain_db.abs().mean(-1) / 12.0, distance
 
     def objective() -> tuple[torch.Tensor, torch.Tensor]:
         features = fe.features_from_power(eq.apply_to_power(power, fe_cfg.n_fft))
-        z = F.normalize(model.audio(features).mean(0), dim=-1)
-        distance = 1.0 - z @ target
-        return distance + config.penalty * eq.gain_db.abs().mean() / 12.0, distance
+        return score(eq.gain_db, encoder(features).mean(0))
 
     with torch.no_grad():
-        obj0, dist0 = objective()
+        obj0, dist0 = objective()  # flat: the baseline every mode's improvement is measured from
+    if config.init == "broad":
+        with torch.no_grad():
+            moves = _broad_eq(eq)
+            gains = moves.gain_on_grid(fe_cfg.n_fft)  # (moves, bins)
+            z = torch.stack([encoder(fe.features_from_power(power * g[:, None])).mean(0) for g in gains]) \
+                if len(power) > 1 else encoder(fe.features_from_power(power * gains[:, :, None]))
+            best_move = int(score(moves.gain_db, z)[0].argmin())
+            for name in ("raw_freq", "raw_gain", "raw_q"):
+                getattr(eq, name).copy_(getattr(moves, name)[best_move])
+    elif config.init != "flat":
+        raise ValueError(f"unknown steering init {config.init!r} (broad or flat)")
+
+    with torch.no_grad():
+        start = float(objective()[0])
     opt = torch.optim.Adam(eq.parameters(), lr=config.lr)
-    best, best_state, since, step = float(obj0), None, 0, 0
+    best, since, step = start, 0, 0
+    best_state = {k: v.detach().clone() for k, v in eq.state_dict().items()}
     for step in range(1, config.steps + 1):
         if config.schedule == "cosine":
             for g in opt.param_groups:
                 g["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / config.steps))
         loss, _ = objective()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
         value = float(loss.detach())
-        if value < best - config.tolerance:
+        if value < best - config.tolerance:  # remember these parameters (the ones the loss was measured at)
             best, since = value, 0
             best_state = {k: v.detach().clone() for k, v in eq.state_dict().items()}
         else:
             since += 1
         if config.early_exit and since >= config.patience:
             break
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
     with torch.no_grad():
         obj1, dist1 = objective()
-        if best_state is not None and float(obj1) > best:  # the last step overshot: keep the best parameters
+        if float(obj1) > best:  # the last step overshot: keep the best parameters
             eq.load_state_dict(best_state)
             obj1, dist1 = objective()
-    for p in model.parameters():
-        p.requires_grad_(True)
     return SteeringResult(eq, float(obj0), float(obj1), float(dist0), float(dist1), step,
                           time.perf_counter() - started)
 

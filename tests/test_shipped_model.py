@@ -17,7 +17,8 @@ def test_shipped_files_are_small_safetensors_with_provenance():
     assert not [n for n in files if n.endswith((".pt", ".pth", ".ckpt", ".pkl"))]
     config = json.loads((SHIPPED_MODEL_DIR / "config.json").read_text())
     training = config["provenance"]["training"]
-    assert training["config"]["name"] == "scratch-cpu" and "val_score" in training
+    assert training["config"]["name"] == "steer-finetune" and "val_score" in training
+    assert training["init_model"]["training"]["config"]["name"] == "scratch-cpu"  # the recipe's first stage
 
 
 def test_default_model_is_used_without_model_flag(capsys):
@@ -40,3 +41,22 @@ def test_shipped_model_knows_pitch_independent_brightness():
     margin = [float(words[0] @ model.embed_audio(x.astype(np.float32), rate) - words[1] @ model.embed_audio(
         x.astype(np.float32), rate)) for x in (saw, sine)]
     assert margin[0] > margin[1], margin
+
+
+@pytest.mark.parametrize("prompt,measure,sign", [("bright", "centroid", 1), ("warm", "centroid", -1),
+                                                 ("bass-heavy", "low_share", 1), ("thin", "low_share", -1)])
+def test_shipped_model_steers_an_unheard_tone_the_way_the_word_says(prompt, measure, sign):
+    """A synthetic tone (not a soundfont note): the fitted EQ must move its spectral centroid or its share of energy
+    below 250 Hz the way the word says."""
+    from timbreclip.dsp.descriptors import low_energy_share, spectral_centroid_hz
+    from timbreclip.neural.steering import TextEQ
+
+    model = TimbreCLIP.load(SHIPPED_MODEL_DIR)
+    rate = 44100
+    t = np.arange(4 * rate) / rate
+    env = np.minimum(1, t / 0.02) * np.where(t < 3, 1.0, np.exp(-(t - 3) * 6))
+    tone = (0.3 * sum(np.sin(2 * np.pi * 130.8 * h * t) / h**1.2 for h in range(1, 60) if 130.8 * h < 8000)
+            * env).astype(np.float32)
+    out = TextEQ({prompt: 1.0}, model)(tone, rate)
+    f = spectral_centroid_hz if measure == "centroid" else low_energy_share
+    assert sign * (f(out, rate) - f(tone, rate)) > 0, (prompt, f(tone, rate), f(out, rate))

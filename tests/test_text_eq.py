@@ -43,6 +43,29 @@ def test_steer_lowers_the_objective_and_the_penalty_keeps_gains_small(model):
     assert float(free.eq.freq_hz.max()) <= 0.45 * 16000  # bands only where the model can hear
 
 
+def test_broad_start_and_fused_encoder(model):
+    from timbreclip.neural.steering import _broad_eq, _steering_encoder
+
+    windows = torch.from_numpy(np.stack([_note(4.0, 16000, 1)]))
+    features = model.frontend(windows)
+    fused = _steering_encoder(model)
+    assert fused is _steering_encoder(model)  # built once per set of weights
+    model.eval()
+    torch.testing.assert_close(fused(features), model.audio(features), atol=1e-5, rtol=1e-4)
+    # the broad start scores flat too, so a fit that starts there can only end at or below flat's objective
+    broad = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig(steps=0))
+    assert broad.objective_after <= broad.objective_before + 1e-6
+    moves = _broad_eq(broad.eq)
+    assert float(moves.gain_db[0].abs().max()) < 1e-3 and len(moves.gain_db) == 17  # flat + 8 moves up and down
+    fit = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig(steps=12))
+    assert fit.objective_after <= broad.objective_after + 1e-6  # refining never ends worse than where it began
+    with torch.no_grad():
+        model.audio.projection.weight.mul_(1.01)  # new weights: a new fused copy
+    assert _steering_encoder(model) is not fused
+    with torch.no_grad():
+        model.audio.projection.weight.div_(1.01)
+
+
 def test_text_eq_plugin(model):
     audio = _note()
     plugin = TextEQ({"warm": 1.0, "airy": 0.5}, model)

@@ -180,3 +180,72 @@ def test_distributed_replicas_stay_in_sync(tiny_set, tmp_path):
     digests = [(out / f"replica-{r}.sha256").read_text() for r in (0, 1)]
     assert digests[0] == digests[1]
     assert (out / "best" / "model.safetensors").exists()
+
+
+def test_descriptors_from_band_powers_follow_an_eq():
+    import torch
+
+    from timbreclip.dsp.descriptors import low_energy_share, spectral_centroid_hz
+    from timbreclip.neural.frontend import FrontEnd, FrontEndConfig
+    from timbreclip.training.data import RandomEQ
+    from timbreclip.training.labels import DIRECTION_WORDS, EQ_ARCHETYPES
+    from timbreclip.training.trainer import direction_signs
+
+    cfg = FrontEndConfig()
+    req, fe = RandomEQ(cfg), FrontEnd(cfg)
+    t = np.arange(cfg.window_samples) / cfg.sample_rate
+    x = sum(np.sin(2 * np.pi * 110 * k * t) / k for k in range(1, 40)).astype(np.float32)
+    logmel = torch.log(fe.project(fe.power(torch.from_numpy(x)[None])) + 1e-7)
+    d = req.descriptors(logmel)
+    # band powers give the linear spectrum's centroid within 2%; the low share within a mel band's blur
+    assert abs(float(d["centroid"][0]) / spectral_centroid_hz(x, cfg.sample_rate) - 1) < 0.02
+    assert abs(float(d["low_share"][0]) - low_energy_share(x, cfg.sample_rate)) < 0.1
+    rng = np.random.default_rng(0)
+    arch = {a.name: a for a in EQ_ARCHETYPES}
+    bright = logmel + req.log_gain(arch["bright"], rng)[None, :, None]
+    bass = logmel + req.log_gain(arch["bass"], rng)[None, :, None]
+    words = [w for w, _, _ in DIRECTION_WORDS]
+    up = dict(zip(words, direction_signs(d, req.descriptors(bright))[0].tolist()))
+    assert up["bright"] == 1 and up["crisp"] == 1 and up["warm"] == -1 and up["dark"] == -1
+    low = dict(zip(words, direction_signs(d, req.descriptors(bass))[0].tolist()))
+    assert low["bass-heavy"] == 1 and low["thin"] == -1
+    assert (direction_signs(d, d) == 0).all()  # no change, nothing asked
+    g = req.parametric_log_gain(50, rng)
+    assert g.shape == (50, cfg.n_mels) and g.abs().max() <= np.log(10 ** 1.25) * 8 and g.std() > 0.05
+
+
+def test_direction_loss_prefers_the_right_way():
+    import torch
+
+    from timbreclip.training.trainer import direction_loss
+
+    words = torch.nn.functional.normalize(torch.randn(3, 16), dim=-1)
+    za = torch.nn.functional.normalize(torch.randn(4, 16), dim=-1)
+    toward = torch.nn.functional.normalize(za + 0.5 * words[0], dim=-1)  # closer to word 0
+    signs = torch.zeros(4, 3)
+    signs[:, 0] = 1.0
+    scale = torch.tensor(20.0)
+    assert direction_loss(za, toward, words, signs, scale) < direction_loss(za, toward, words, -signs, scale)
+    assert direction_loss(za, toward, words, torch.zeros(4, 3), scale) == 0.0
+
+
+def test_fine_tune_with_direction_loss_and_split_guard(tiny_set, tmp_path, capsys):
+    from timbreclip.neural.model import TimbreCLIP
+
+    base = {"name": "tiny", "model": "cpu", "width": 8, "epochs": 1, "batch_size": 32, "lr": 0.003,
+            "warmup_epochs": 0, "crop_frames": 96, "p_eq": 0.3, "patience": 10}
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    assert main(["train", "--config", str(tmp_path / "a.json"), "--data", str(tiny_set), "--out",
+                 str(tmp_path / "a")]) == 0
+    ft = {**base, "name": "tiny-ft", "direction_weight": 1.0, "direction_pairs": 8, "epochs": 2}
+    (tmp_path / "b.json").write_text(json.dumps(ft))
+    assert main(["train", "--config", str(tmp_path / "b.json"), "--data", str(tiny_set), "--out", str(tmp_path / "b"),
+                 "--init", "model", str(tmp_path / "a" / "best")]) == 0
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert all(0.0 < r["direction_loss"] < 5.0 for r in log)
+    prov = TimbreCLIP.load(tmp_path / "b" / "best").config.provenance["training"]
+    assert prov["config"]["name"] == "tiny-ft" and prov["init_model"]["training"]["config"]["name"] == "tiny"
+    # another seed means another validation split: fine-tuning on it would train on validation notes
+    assert main(["train", "--config", str(tmp_path / "b.json"), "--data", str(tiny_set), "--out", str(tmp_path / "c"),
+                 "--init", "model", str(tmp_path / "a" / "best"), "--seed", "3"]) == 2
+    assert "validation notes would include training notes" in capsys.readouterr().err
