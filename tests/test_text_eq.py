@@ -59,11 +59,21 @@ def test_broad_start_and_fused_encoder(model):
     assert float(moves.gain_db[0].abs().max()) < 1e-3 and len(moves.gain_db) == 17  # flat + 8 moves up and down
     fit = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig(steps=12))
     assert fit.objective_after <= broad.objective_after + 1e-6  # refining never ends worse than where it began
+    pair = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig(steps=12, starts=2))
+    assert pair.eq.gain_db.dim() == 1 and pair.objective_after <= broad.objective_after + 1e-6
     with torch.no_grad():
         model.audio.projection.weight.mul_(1.01)  # new weights: a new fused copy
     assert _steering_encoder(model) is not fused
     with torch.no_grad():
         model.audio.projection.weight.div_(1.01)
+
+
+def test_time_budget_ends_the_fit_in_time(model):
+    windows = torch.from_numpy(np.stack([_note(4.0, 16000, 1)]))
+    capped = steer(model, windows, {"warm": 1.0}, 0.5,
+                   SteeringConfig(steps=100000, early_exit=False, time_budget_s=0.3))
+    assert 0 < capped.steps < 100000 and capped.seconds < 0.3 + 0.1
+    assert capped.objective_after <= capped.objective_before + 1e-6
 
 
 def test_text_eq_plugin(model):

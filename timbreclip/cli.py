@@ -263,7 +263,12 @@ def _add_eq(sub) -> None:
     p.add_argument("--source-weight", type=float, default=0.5, help="weight of the source sound in the target")
     p.add_argument("--settings-out", help="write the EQ settings (JSON interchange format)")
     p.add_argument("--plot", help="write the EQ curve and before/after spectrograms (PNG)")
-    p.add_argument("--steps", type=int, help="optimiser steps (fast default 32; --paper: 5000)")
+    p.add_argument("--steps", type=int, help="optimiser steps (fast default 32; --paper: 5000); lifts the time "
+                   "budget unless --time-budget is given")
+    p.add_argument("--time-budget", type=float, help="seconds per 4 s window the fast fit may take (default 0.95; "
+                   "0 = no budget)")
+    p.add_argument("--init", choices=("broad", "flat"), help="start from the best broad move (fast default) or "
+                   "flat (--paper)")
     p.add_argument("--lr", type=float, help="learning rate (fast default 0.1; --paper: 0.01)")
     p.add_argument("--paper", action="store_true", help="the paper's optimiser: 5000 Adam steps at lr 1e-2")
     p.add_argument("--penalty", type=float, default=None, help="gain penalty weight (default 0.02)")
@@ -288,9 +293,16 @@ def _run_eq(args) -> int:
         prompts[text] = prompts.get(text, 0.0) + weight
     check_weights(prompts, args.source_weight)
     config = SteeringConfig.paper() if args.paper else SteeringConfig()
-    for field_name, value in (("steps", args.steps), ("lr", args.lr), ("penalty", args.penalty), ("seed", args.seed)):
+    for field_name, value in (("steps", args.steps), ("lr", args.lr), ("penalty", args.penalty), ("seed", args.seed),
+                              ("init", args.init)):
         if value is not None:
             config = replace(config, **{field_name: value})
+    if args.time_budget is not None:
+        if args.time_budget < 0:
+            raise TimbreclipError(f"--time-budget {args.time_budget:g}: must be >= 0 (0 = no budget)")
+        config = replace(config, time_budget_s=args.time_budget or None)
+    elif args.steps is not None:
+        config = replace(config, time_budget_s=None)
     model = load_torch_model(args.model)
     run = run_eq(args.input, args.output, prompts, model, args.source_weight, config,
                  match_loudness=not args.no_match_loudness, excerpt_seconds=args.excerpt)
