@@ -184,23 +184,15 @@ class ParametricEQ(nn.Module):
         y = torch.fft.irfft(spectrum * h, n=n)[..., :frames]
         return y.to(audio.dtype)
 
-    def select(self, index: int, stop: int | None = None) -> "ParametricEQ":
-        """A copy holding batch member ``index`` (a single EQ), or members ``index:stop`` (batched)."""
-        rows = slice(index, stop) if stop is not None else index
-        out = ParametricEQ(self.sample_rate, self.band_types, self.ranges,
-                           batch_size=None if stop is None else stop - index)
+    def select(self, members) -> "ParametricEQ":
+        """A copy of a batched EQ holding one member (``members`` an int: a single EQ) or several (a sequence of
+        indices: batched)."""
+        single = isinstance(members, int)
+        rows = members if single else torch.as_tensor(members)
+        out = ParametricEQ(self.sample_rate, self.band_types, self.ranges, batch_size=None if single else len(rows))
         with torch.no_grad():
             for name in ("raw_freq", "raw_gain", "raw_q"):
                 getattr(out, name).copy_(getattr(self, name)[rows])
-        return out
-
-    def select_batch(self, indices) -> "ParametricEQ":
-        """A batched copy holding the members ``indices``."""
-        indices = torch.as_tensor(indices)
-        out = ParametricEQ(self.sample_rate, self.band_types, self.ranges, batch_size=len(indices))
-        with torch.no_grad():
-            for name in ("raw_freq", "raw_gain", "raw_q"):
-                getattr(out, name).copy_(getattr(self, name)[indices])
         return out
 
     # -- interchange ----------------------------------------------------------------------------------------

@@ -14,12 +14,11 @@ their caps, a crude tilt. The paper's mode starts flat and takes 5,000 Adam step
 works as an engineer does, broad strokes first: it scores a handful of broad moves (shelves, a tilt and one wide
 peak, up and down; ``BROAD_MOVES``) in one batched forward pass, starts from the best of them (or flat), then refines
 every band with Adam (lr 0.3 with cosine decay over at most 64 steps, early exit once the objective has not
-improved by 1e-4 over 16 steps). The
-encoder it differentiates through is a copy with BatchNorm folded into the convolutions (same function, cheaper).
-A wall-clock budget (``time_budget_s``: 0.95 s per 4 s window listened to by default; off in the paper's mode)
-ends the refinement before a step would overrun it, so a live fit answers in time on a slower or busier machine,
-with fewer steps. The model listens at its own rate (16 kHz: nothing above
-8 kHz), so the EQ's bands live below 0.45 x the model's rate and everything above stays flat.
+improved by 1e-4 over 16 steps). The encoder it differentiates through is a copy with BatchNorm folded into the
+convolutions (same function, cheaper). A wall-clock budget (``time_budget_s``: 0.95 s per 4 s window listened to by
+default; off in the paper's mode) ends the refinement before a step would overrun it, so a live fit answers in time
+on a slower or busier machine, with fewer steps. The model listens at its own rate (16 kHz: nothing above 8 kHz),
+so the EQ's bands live below 0.45 x the model's rate and everything above stays flat.
 """
 
 from __future__ import annotations
@@ -157,10 +156,10 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     if config.init == "broad":
         with torch.no_grad():
             moves = _broad_eq(eq)
-            scores = torch.cat([objective(moves.select(i, i + 1))[0] for i in range(len(moves.gain_db))]) \
+            scores = torch.cat([objective(moves.select([i]))[0] for i in range(len(moves.gain_db))]) \
                 if len(power) > 1 else objective(moves)[0]
-            starts = scores.argsort()[: config.starts]
-            eq = moves.select_batch(starts) if config.starts > 1 else moves.select(int(starts[0]))
+            starts = scores.argsort()[: config.starts].tolist()
+            eq = moves.select(starts) if config.starts > 1 else moves.select(starts[0])
     elif config.init != "flat":
         raise ValueError(f"unknown steering init {config.init!r} (broad or flat)")
 

@@ -79,3 +79,15 @@ def test_settings_round_trip():
     again = ParametricEQ.from_settings(eq.to_settings())
     for a, b in ((eq.freq_hz, again.freq_hz), (eq.gain_db, again.gain_db), (eq.q, again.q)):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+
+
+def test_select_members_of_a_batched_eq():
+    eq = ParametricEQ(16000, batch_size=3)
+    with torch.no_grad():
+        eq.raw_gain.copy_(torch.randn(3, 8))
+    one = eq.select(1)
+    assert one.gain_db.shape == (8,)
+    torch.testing.assert_close(one.gain_db, eq.gain_db[1])
+    two = eq.select([2, 0])
+    assert two.gain_db.shape == (2, 8)
+    torch.testing.assert_close(two.gain_db, eq.gain_db[[2, 0]])

@@ -263,13 +263,13 @@ def _add_eq(sub) -> None:
     p.add_argument("--source-weight", type=float, default=0.5, help="weight of the source sound in the target")
     p.add_argument("--settings-out", help="write the EQ settings (JSON interchange format)")
     p.add_argument("--plot", help="write the EQ curve and before/after spectrograms (PNG)")
-    p.add_argument("--steps", type=int, help="optimiser steps (fast default 32; --paper: 5000); lifts the time "
+    p.add_argument("--steps", type=int, help="optimiser steps (fast default 64; --paper: 5000); lifts the time "
                    "budget unless --time-budget is given")
     p.add_argument("--time-budget", type=float, help="seconds per 4 s window the fast fit may take (default 0.95; "
                    "0 = no budget)")
     p.add_argument("--init", choices=("broad", "flat"), help="start from the best broad move (fast default) or "
                    "flat (--paper)")
-    p.add_argument("--lr", type=float, help="learning rate (fast default 0.1; --paper: 0.01)")
+    p.add_argument("--lr", type=float, help="learning rate (fast default 0.3; --paper: 0.01)")
     p.add_argument("--paper", action="store_true", help="the paper's optimiser: 5000 Adam steps at lr 1e-2")
     p.add_argument("--penalty", type=float, default=None, help="gain penalty weight (default 0.02)")
     p.add_argument("--no-match-loudness", action="store_true", help="keep the EQ's loudness change")
