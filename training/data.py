@@ -204,14 +204,21 @@ class RandomEQ:
                 "low_share": power[:, self.centres < cutoff_hz].sum(-1) / total}
 
 
+def random_crop(logmel: torch.Tensor, rng: np.random.Generator, crop_frames: int | None) -> torch.Tensor:
+    """A random ``crop_frames``-long excerpt of each clip of ``(batch, features, frames)`` (all of it if shorter)."""
+    frames = logmel.shape[-1]
+    if not crop_frames or crop_frames >= frames:
+        return logmel
+    starts = rng.integers(0, frames - crop_frames + 1, size=len(logmel))
+    return torch.stack([logmel[i, :, s:s + crop_frames] for i, s in enumerate(starts)])
+
+
 def augment_batch(logmel: torch.Tensor, texts: list[list[str]], categories: list[str], rng: np.random.Generator,
                   random_eq: RandomEQ,
                   p_eq: float, crop_frames: int | None, freq_masks: int, freq_mask_width: int) -> tuple[torch.Tensor, list[list[str]]]:
     """Random crop, random EQ (with its words), frequency masking; returns standardised features and texts."""
-    batch, n_feat, frames = logmel.shape
-    if crop_frames and crop_frames < frames:
-        starts = rng.integers(0, frames - crop_frames + 1, size=batch)
-        logmel = torch.stack([logmel[i, :, s:s + crop_frames] for i, s in enumerate(starts)])
+    batch, n_feat, _ = logmel.shape
+    logmel = random_crop(logmel, rng, crop_frames)
     texts = [list(t) for t in texts]
     for i in range(batch):
         if rng.random() < p_eq:

@@ -44,7 +44,7 @@ from timbreclip.neural.encoder import AudioEncoderConfig
 from timbreclip.neural.frontend import FrontEnd
 from timbreclip.neural.model import ModelConfig, TimbreCLIP
 
-from .data import RandomEQ, augment_batch, build_note_set, mel_cache, read_any, split_validation
+from .data import RandomEQ, augment_batch, random_crop, build_note_set, mel_cache, read_any, split_validation
 from .evaluation import QUERY_TYPES, evaluate_embeddings, load_eval_set, timbre_word_accuracy
 from .labels import DIRECTION_WORDS, EQ_ARCHETYPES
 
@@ -151,10 +151,7 @@ def _direction_batch(logmel: torch.Tensor, rng: np.random.Generator, random_eq: 
                      crop_frames: int | None):
     """Two versions (flat or a random parametric EQ each) of ``count`` clips: features a, b and the word signs."""
     picks = rng.choice(len(logmel), min(count, len(logmel)), replace=False)
-    x = logmel[torch.from_numpy(picks)]
-    if crop_frames and crop_frames < x.shape[-1]:
-        starts = rng.integers(0, x.shape[-1] - crop_frames + 1, size=len(x))
-        x = torch.stack([x[i, :, s:s + crop_frames] for i, s in enumerate(starts)])
+    x = random_crop(logmel[torch.from_numpy(picks)], rng, crop_frames)
     gains = random_eq.parametric_log_gain(2 * len(x), rng)
     gains[rng.random(2 * len(x)) < 0.25] = 0.0  # some versions stay flat
     a, b = x + gains[: len(x), :, None], x + gains[len(x):, :, None]
