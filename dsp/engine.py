@@ -1,7 +1,9 @@
 """Real-time biquad cascade in numba: the code that plays the coefficients the optimiser found.
 
 ``process`` is safe to call from an audio callback: it allocates no audio buffers, takes no locks and touches no
-Python objects inside its kernels (numba, ``nogil``). Coefficients and state are float64 (float32 state drifts by up
+Python objects inside its kernels (numba). The kernels deliberately keep the GIL: they take microseconds, and
+releasing it would let another Python thread take it mid-callback and make the callback wait for it back (measured:
+the live loop's callback p99 rose with a nogil kernel). Coefficients and state are float64 (float32 state drifts by up
 to 1 dB on low, high-Q bands); audio in and out is float32, laid out ``(channels, frames)`` (pass ``indata.T`` from a
 sounddevice callback: a Fortran-ordered view, no copy). Call ``prepare(channels, max_block_frames)`` before the
 stream starts: it compiles (or loads from numba's cache) every layout a callback passes, so nothing compiles in the
@@ -34,7 +36,7 @@ from .kernels import steady_kernel
 GLIDE_SECONDS = 0.020  # default coefficient/gain glide: long enough to be click-free, short enough to feel immediate
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _glide_block(x, out, origin, target, gains, glide, state):  # pragma: no cover - compiled
     """Transposed direct form II over a block while coefficients glide; any section count.
 
@@ -81,7 +83,7 @@ def _glide_block(x, out, origin, target, gains, glide, state):  # pragma: no cov
     glide[0] = elapsed
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def _begin_block(published, seen, slot_sos, slot_gain, slot_tag, slot_seq, scratch_sos, scratch_meta,
                  origin, target, gains, glide, glide_frames, counters):  # pragma: no cover - compiled
     """Once per block, before filtering: take a newly published set, if any, and start a glide to it from where the

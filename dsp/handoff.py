@@ -62,7 +62,7 @@ class CoefficientHandoff:
                 self.scratch_meta)
 
 
-@numba.njit(cache=True, nogil=True)
+@numba.njit(cache=True)
 def take(published, seen, sos, gain, tag, slot_seq, scratch_sos, scratch_meta):  # pragma: no cover - compiled
     """Audio thread: copy the newest complete set into ``scratch_sos`` / ``scratch_meta`` (gain, tag).
 

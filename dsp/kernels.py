@@ -22,7 +22,7 @@ from pathlib import Path
 from .cache import user_cache_dir
 
 _LOADED: dict[int, object] = {}
-_VERSION = 2
+_VERSION = 3
 
 
 def cache_dir() -> Path:
@@ -39,7 +39,7 @@ def kernel_source(sections: int) -> str:
         "import numpy as np",
         "",
         "",
-        "@numba.njit(cache=True, nogil=True)",
+        "@numba.njit(cache=True)",
         "def kern(x, out, sos, state, gain):",
         "    channels, frames = x.shape",
     ]

@@ -124,8 +124,11 @@ def check_weights(prompts: dict[str, float], source_weight: float) -> None:
 
 
 def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight: float = 0.5,
-          config: SteeringConfig = SteeringConfig()) -> SteeringResult:
-    """Fit an EQ to ``windows (n, samples)`` of mono audio at the model's rate (see module docstring)."""
+          config: SteeringConfig = SteeringConfig(), start: EQSettings | None = None) -> SteeringResult:
+    """Fit an EQ to ``windows (n, samples)`` of mono audio at the model's rate (see module docstring).
+
+    ``start``: settings to warm-start from (the live loop passes the EQ now playing, so the EQ evolves rather than
+    jumps); it replaces ``config.init`` when its bands have the steering layout."""
     check_weights(prompts, source_weight)
     started = time.perf_counter()
     torch.manual_seed(config.seed)
@@ -153,7 +156,9 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
 
     with torch.no_grad():
         obj0, dist0 = (float(v[0]) for v in objective(eq))  # flat: every mode's improvement is measured from here
-    if config.init == "broad":
+    if start is not None and tuple(b.type for b in start.bands) == eq.band_types:
+        eq = ParametricEQ.from_settings(start, fe_cfg.sample_rate, ranges)
+    elif config.init == "broad":
         with torch.no_grad():
             moves = _broad_eq(eq)
             scores = torch.cat([objective(moves.select([i]))[0] for i in range(len(moves.gain_db))]) \

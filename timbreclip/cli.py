@@ -319,6 +319,174 @@ def _run_eq(args) -> int:
     return 0
 
 
+# -- live ---------------------------------------------------------------------------------------------------------
+def _number(name: str, lo: float | None = None, hi: float | None = None, integer: bool = False, lo_open=False):
+    """An argparse type: a finite number in [lo, hi] (lo excluded when lo_open), named in the error."""
+    import math
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r}: not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} {text}: must be finite")
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise argparse.ArgumentTypeError(f"{name} {text}: must be {'>' if lo_open else '>='} {lo:g}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"{name} {text}: must be <= {hi:g}")
+        return value
+
+    return parse
+
+
+def _check_output_path(path: str | None, flag: str) -> None:
+    """Refuse an output path whose folder is missing or not writable before any work is done."""
+    import os
+    from pathlib import Path
+
+    if not path:
+        return
+    target = Path(path)
+    if target.is_dir():
+        raise TimbreclipError(f"{flag} {path}: is a directory")
+    folder = target.parent if str(target.parent) else Path(".")
+    if not folder.is_dir():
+        raise TimbreclipError(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        raise TimbreclipError(f"{flag} {path}: folder {folder} is not writable")
+
+
+def _add_live(sub) -> None:
+    p = sub.add_parser("live", help="a live EQ steered by words while the music plays",
+                       description="Audio in -> EQ -> audio out, the EQ re-steered toward the words every "
+                                   "--update-every seconds on the last 4 s heard. Type words to replace the prompts, "
+                                   ":b bypass, :h hold, + / - amount, :s FILE save, :q quit.")
+    p.add_argument("--prompt", action=_PromptAction, dest="prompts", help="words for the target sound (repeatable)")
+    p.add_argument("--weight", action=_PromptAction, dest="prompts", help="weight of the --prompt before it (default 1)")
+    p.add_argument("--source-weight", type=_number("--source-weight", 0.0), default=0.5)
+    p.add_argument("--amount", type=_number("--amount", 0.0, 2.0), default=1.0,
+                   help="how much of the steered EQ plays (0..2, default 1)")
+    p.add_argument("--input-device", help="input device name (or part of it) or index")
+    p.add_argument("--output-device", help="output device name (or part of it) or index")
+    p.add_argument("--samplerate", type=_number("--samplerate", 8000.0, 384000.0), default=48000.0)
+    p.add_argument("--blocksize", type=_number("--blocksize", 16, 8192, integer=True), default=256)
+    p.add_argument("--channels", type=_number("--channels", 1, 64, integer=True), default=2)
+    p.add_argument("--play", help="loop an audio file as the source instead of an input device")
+    p.add_argument("--input-file", help="render a live take of this file on a simulated clock (with --output-file)")
+    p.add_argument("--output-file", help="where the simulated live take is written")
+    p.add_argument("--update-every", type=_number("--update-every", 0.0, 60.0, lo_open=True), default=0.5,
+                   help="seconds between steering updates (default 0.5)")
+    p.add_argument("--time-budget", type=_number("--time-budget", 0.0, 60.0, lo_open=True),
+                   help="wall-clock seconds one update may take (default 0.6 x --update-every, at most 0.35)")
+    p.add_argument("--sim-latency", type=_number("--sim-latency", 0.0, 60.0), default=0.25,
+                   help="simulated clock: seconds from the end of a window until its EQ plays (default 0.25)")
+    p.add_argument("--duration", type=_number("--duration", 0.0, lo_open=True), help="stop after this many seconds")
+    p.add_argument("--settings-out", help="write the EQ playing at exit (JSON interchange format)")
+    p.add_argument("--stats", help="write callback, xrun and update statistics (JSON)")
+    p.add_argument("--midi-port", help="MIDI input port for control (name, part of it, or index)")
+    p.add_argument("--midi-api", default="auto", choices=("auto", "jack", "alsa"),
+                   help="MIDI API (auto: ALSA where its sequencer exists, else JACK)")
+    p.add_argument("--midi-map", help="JSON CC map overriding the default (see README)")
+    p.add_argument("--worker", choices=("process", "thread", "off"), default="process",
+                   help="where steering runs (default: a separate process; see README); off: the EQ stays flat "
+                        "(benchmarks)")
+    p.add_argument("--no-input", action="store_true", help="do not read commands from standard input")
+    p.add_argument("--model", help="model directory; default: the shipped model")
+    p.set_defaults(run=_run_live, prompts=None)
+
+
+def _run_live(args) -> int:
+    import os
+
+    from timbreclip.neural.steering import check_weights
+    from timbreclip.realtime.loop import LiveConfig
+
+    if not args.prompts:
+        raise TimbreclipError("give at least one --prompt")
+    prompts: dict[str, float] = {}
+    for text, weight in args.prompts:
+        prompts[text] = prompts.get(text, 0.0) + weight
+    check_weights(prompts, args.source_weight)
+    offline = args.input_file or args.output_file
+    if offline and not (args.input_file and args.output_file):
+        raise TimbreclipError("--input-file and --output-file go together")
+    if offline and args.play:
+        raise TimbreclipError("--play is for a device; with --input-file the file is the source")
+    for path, flag in ((args.play, "--play"), (args.input_file, "--input-file")):
+        if path and not os.path.isfile(path):
+            raise TimbreclipError(f"{flag} {path}: no such file")
+        if path and not os.access(path, os.R_OK):
+            raise TimbreclipError(f"{flag} {path}: not readable")
+    for path, flag in ((args.output_file, "--output-file"), (args.settings_out, "--settings-out"),
+                       (args.stats, "--stats")):
+        _check_output_path(path, flag)
+    midi_map = None
+    if args.midi_map:
+        from timbreclip.realtime.midi import MidiMap
+
+        midi_map = MidiMap.load(args.midi_map)
+    config = LiveConfig(prompts=prompts, source_weight=args.source_weight, amount=args.amount,
+                        sample_rate=args.samplerate, channels=args.channels, blocksize=args.blocksize,
+                        update_every_s=args.update_every, model_dir=args.model, worker=args.worker,
+                        time_budget_s=args.time_budget)
+    if offline:
+        from timbreclip.dsp.audio_io import audio_info
+        from timbreclip.realtime.stream import run_file
+
+        audio_info(args.input_file)  # a clear error for a corrupt file before the model loads
+        live = run_file(config, args.input_file, args.output_file, args.sim_latency, args.settings_out, args.stats)
+        stats = live.stats_dict()
+        print(f"rendered {args.output_file}: {stats['callbacks']} blocks, {stats['updates']} steering updates")
+        return 0
+    from timbreclip.realtime.stream import run_live
+
+    run = run_live(config, args.input_device, args.output_device, play=args.play, duration_s=args.duration,
+                   midi_port=args.midi_port, midi_api=args.midi_api, midi_map=midi_map,
+                   read_stdin=not args.no_input, settings_out=args.settings_out, stats_out=args.stats)
+    stats = run.live.stats_dict()
+    print(f"timbreclip live: {run.reason}; {stats['callbacks']} callbacks, {stats['xruns']} xruns, "
+          f"{stats['updates']} updates", file=sys.stderr)
+    if run.stream_stuck:  # PortAudio still holds a dead device: leave without its exit handlers (they would hang)
+        import os
+
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(run.code)
+    return run.code
+
+
+def _add_devices(sub) -> None:
+    p = sub.add_parser("devices", help="list audio devices and MIDI ports")
+    p.add_argument("--json", action="store_true", help="print JSON")
+    p.add_argument("--midi-api", default="auto", choices=("auto", "jack", "alsa"))
+    p.set_defaults(run=_run_devices)
+
+
+def _run_devices(args) -> int:
+    import json
+
+    from timbreclip.realtime.devices import audio_devices, midi_ports, refresh_audio
+
+    refresh_audio()
+    audio = audio_devices()
+    midi = midi_ports(args.midi_api)
+    if args.json:
+        print(json.dumps({"audio": audio, "midi": midi}, indent=2))
+        return 0
+    print("audio devices:")
+    for d in audio or []:
+        print(f"  {d['index']:>2}  {d['name']}  [{d['hostapi']}]  {d['max_input_channels']} in / "
+              f"{d['max_output_channels']} out  {d['default_samplerate']:g} Hz")
+    if not audio:
+        print("  none (no sound card; is a JACK server running?)")
+    print(f"MIDI ports ({midi['api']}):" + (f" unavailable: {midi['error']}" if "error" in midi else ""))
+    for kind in ("inputs", "outputs"):
+        for i, name in enumerate(midi[kind]):
+            print(f"  {kind[:-1]:<6} {i:>2}  {name}")
+    return 0
+
+
 # -- export -----------------------------------------------------------------------------------------------------
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export the encoders to ONNX (or build TensorRT engines)")
@@ -373,6 +541,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_embed(sub)
     _add_similarity(sub)
     _add_eq(sub)
+    _add_live(sub)
+    _add_devices(sub)
     _add_export(sub)
     _add_dataset(sub)
     _add_train(sub)
