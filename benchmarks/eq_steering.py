@@ -32,7 +32,7 @@ from timbreclip.dsp.descriptors import low_energy_share, spectral_centroid_hz
 from timbreclip.neural.frontend import prepare_audio
 from timbreclip.neural.steering import SteeringConfig, steer
 from timbreclip.training.data import split_validation
-from timbreclip.training.patchfolder import read_patch_folder
+from timbreclip.library.patchfolder import read_patch_folder
 
 PROMPTS = {
     "bright": ("centroid", +1), "brighter": ("centroid", +1), "crisp": ("centroid", +1),

@@ -113,3 +113,44 @@ def note_descriptors(x: np.ndarray, rate: float, pitch: float, held_s: float = 3
     else:
         flatness = 0.0
     return NoteDescriptors(brightness, harmonics, attack_s, sustain_db, release_s, flatness)
+
+
+def estimate_pitch_midi(x: np.ndarray, rate: float, fmin_hz: float = 30.0, fmax_hz: float = 2000.0,
+                        threshold: float = 0.2) -> float | None:
+    """The fundamental of a pitched one-shot as a (fractional) MIDI note, or None when it has no clear pitch.
+
+    YIN's cumulative-mean-normalised difference over the loudest 100 ms of the first two seconds (a sample's
+    attack is often noisy, its tail quiet), with parabolic interpolation of the chosen lag. ``threshold``: the
+    largest normalised difference still taken as periodic (YIN's default 0.1-0.2; drums and noise stay above it).
+    """
+    x = np.asarray(x, np.float64)
+    if x.ndim == 2:
+        x = x.mean(axis=0)
+    x = x[: int(2 * rate)]
+    frame = int(0.1 * rate)
+    max_lag = int(rate / fmin_hz)
+    if len(x) < frame + max_lag + 2 or not np.any(x):
+        return None
+    hop = max(1, frame // 2)
+    energies = [float(np.sum(x[i:i + frame] ** 2)) for i in range(0, len(x) - frame - max_lag, hop)]
+    if not energies:
+        return None
+    start = int(np.argmax(energies)) * hop
+    seg = x[start:start + frame + max_lag]
+    min_lag = max(2, int(rate / fmax_hz))
+    diff = np.array([np.sum((seg[:frame] - seg[lag:lag + frame]) ** 2) for lag in range(max_lag + 1)])
+    cmnd = np.ones_like(diff)
+    running = np.cumsum(diff[1:])
+    cmnd[1:] = diff[1:] * np.arange(1, len(diff)) / np.maximum(running, 1e-20)
+    below = np.nonzero(cmnd[min_lag:] < threshold)[0]
+    if not len(below):
+        return None
+    lag = min_lag + int(below[0])
+    while lag + 1 < len(cmnd) and cmnd[lag + 1] < cmnd[lag]:  # walk down to the local minimum
+        lag += 1
+    if 1 <= lag < len(cmnd) - 1:
+        a, b, c = cmnd[lag - 1], cmnd[lag], cmnd[lag + 1]
+        denom = a - 2 * b + c
+        lag = lag + (0.5 * (a - c) / denom if denom else 0.0)
+    f0 = rate / lag
+    return 69.0 + 12.0 * math.log2(f0 / 440.0)

@@ -28,3 +28,18 @@ class Embedder(Protocol):
     def embed_text(self, texts: list[str] | str, template: str | None = None) -> np.ndarray:
         """Prompts -> ``(len(texts), dim)``; empty prompts raise ``PromptError``."""
         ...
+
+
+def embed_windows(embedder, clips: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """Embed 4 s clips ``(n, window_samples)`` at the model's rate, in batches, with a TimbreCLIP (torch) or any
+    embedder offering ``embed_windows``; returns ``(n, dim)``."""
+    if hasattr(embedder, "embed_windows"):
+        return np.concatenate([embedder.embed_windows(clips[i:i + batch_size])
+                               for i in range(0, len(clips), batch_size)])
+    import torch
+
+    embedder.eval()
+    device = embedder.device
+    with torch.no_grad():
+        return np.concatenate([embedder.encode_waveforms(torch.from_numpy(clips[i:i + batch_size]).to(device))
+                               .float().cpu().numpy() for i in range(0, len(clips), batch_size)])

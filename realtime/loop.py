@@ -107,7 +107,7 @@ class LiveConfig:
     channels: int = 2
     blocksize: int = 256
     update_every_s: float = 0.5
-    model_dir: str | None = None
+    model_dir: str | None = None  # a TimbreCLIP folder (the shell resolves the shipped default)
     worker: str = "process"  # "process", "thread" (or "inline": the offline clock)
     time_budget_s: float | None = None  # per update; default: 0.6 x update_every, at most 0.35 s
     glide_s: float = 0.020
@@ -163,6 +163,7 @@ class LiveEQ:
         self.stats = LiveStats()
         self._drained = 0
         self.steal_ms: float | None = None  # CPU stolen by the hypervisor while the stream ran (set by the runner)
+        self.cpu_percent: float | None = None  # this process's CPU while the stream ran, % of one core
 
     # -- the audio thread -----------------------------------------------------------------------------------
     def audio_block(self, src: np.ndarray, dst: np.ndarray, now: float) -> None:
@@ -296,6 +297,7 @@ class LiveEQ:
             "channels": self.channels,
             "worker": self.config.worker,
             "cpu_steal_ms": self.steal_ms,
+            "process_cpu_percent": self.cpu_percent,
         }
 
     def close(self) -> None:
@@ -387,12 +389,12 @@ def run_offline(config: LiveConfig, audio: np.ndarray, rate: float, sim_latency_
     boundary). ``commands`` maps a block index to control commands applied before that block. Returns the output
     and the ``LiveEQ`` (for its statistics and the EQ playing at the end).
     """
-    from timbreclip.defaults import load_torch_model
+    from timbreclip.neural.model import TimbreCLIP
 
     config = LiveConfig(**{**config.__dict__, "sample_rate": float(rate), "channels": int(audio.shape[0]),
                            "worker": "inline"})
     live = LiveEQ(config)
-    model = model if model is not None else load_torch_model(config.model_dir)
+    model = model if model is not None else TimbreCLIP.load(config.model_dir)
     steerer = LiveSteerer(model, rate, live_config(None, steps=steps))
     block = config.blocksize
     frames = audio.shape[1]

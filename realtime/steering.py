@@ -111,7 +111,7 @@ def worker_loop(ring, commands, results, model_dir: str | None, sample_rate: flo
     """
     import torch
 
-    from timbreclip.defaults import load_torch_model
+    from timbreclip.neural.model import TimbreCLIP
 
     torch.set_num_threads(torch_threads)  # leave the other core to the audio thread
     try:  # on Linux this lowers the calling thread only: the worker yields the CPU to the loop's control thread,
@@ -123,7 +123,7 @@ def worker_loop(ring, commands, results, model_dir: str | None, sample_rate: flo
         from .ring import AudioRing
 
         ring = AudioRing.attach(*ring)
-    model = load_torch_model(model_dir)
+    model = TimbreCLIP.load(model_dir)
     model.eval()
     steerer = LiveSteerer(model, sample_rate, live_config(time_budget_s))
     # One update on noise before saying ready: torch loads and initialises its kernels lazily (first forward and

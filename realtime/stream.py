@@ -191,6 +191,7 @@ def run_live(config: LiveConfig, input_device=None, output_device=None, play: st
         last_gc = time.monotonic()
         try:
             steal_start = cpu_steal_ms()
+            cpu_start = time.process_time(), time.monotonic()
             stream.start()
             display.message(f"playing at {config.sample_rate:g} Hz, {config.blocksize} frames, "
                             f"{config.channels} channels" + (f" from {play}" if play else "")
@@ -243,6 +244,7 @@ def run_live(config: LiveConfig, input_device=None, output_device=None, play: st
             signal.signal(signal.SIGTERM, previous)
             display.close()
             steal_end = cpu_steal_ms()
+            live.cpu_percent = 100.0 * (time.process_time() - cpu_start[0]) / max(1e-9, time.monotonic() - cpu_start[1])
             if steal_start is not None and steal_end is not None:
                 live.steal_ms = steal_end - steal_start
             stuck = not _close_stream(stream, wait_s=None if failure is None else 2.0)

@@ -103,7 +103,10 @@ def test_silence_holds_the_eq(tmp_path):
     from timbreclip.realtime.loop import run_offline
 
     audio = np.zeros((1, 3 * RATE), np.float32)
-    out, live = run_offline(LiveConfig(prompts={"bright": 1.0}, blocksize=256), audio, RATE)
+    from timbreclip.defaults import default_model_path
+
+    out, live = run_offline(LiveConfig(prompts={"bright": 1.0}, blocksize=256,
+                                       model_dir=str(default_model_path())), audio, RATE)
     assert live.stats.updates == 0 and live.stats.held >= 4
     assert "silence" in live.last_update.held
     np.testing.assert_array_equal(live.cascade.sos, flat_sos(8))

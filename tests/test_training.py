@@ -12,7 +12,7 @@ import pytest
 
 from timbreclip.cli import main
 from timbreclip.dsp.audio_io import write_audio
-from timbreclip.training.patchfolder import DatasetError, read_patch_folder
+from timbreclip.library.patchfolder import DatasetError, read_patch_folder
 
 FONT = "/usr/share/sounds/sf2/FluidR3_GS.sf2"  # 3 MB, loads fast; a training-family font
 

@@ -426,9 +426,12 @@ def _run_live(args) -> int:
         from timbreclip.realtime.midi import MidiMap
 
         midi_map = MidiMap.load(args.midi_map)
+    from timbreclip.defaults import default_model_path
+
     config = LiveConfig(prompts=prompts, source_weight=args.source_weight, amount=args.amount,
                         sample_rate=args.samplerate, channels=args.channels, blocksize=args.blocksize,
-                        update_every_s=args.update_every, model_dir=args.model, worker=args.worker,
+                        update_every_s=args.update_every, model_dir=str(args.model or default_model_path()),
+                        worker=args.worker,
                         time_budget_s=args.time_budget)
     if offline:
         from timbreclip.dsp.audio_io import audio_info
@@ -487,6 +490,277 @@ def _run_devices(args) -> int:
     return 0
 
 
+# -- library, search, tag ----------------------------------------------------------------------------------------
+def _add_db_arg(p) -> None:
+    p.add_argument("--db", help="library file (default: $TIMBRECLIP_LIBRARY or "
+                                "~/.local/share/timbreclip/library.sqlite)")
+
+
+def _library_model(args):
+    """(embedder, the model's fingerprint, its front-end config) for --model / --backend / --device."""
+    from timbreclip.defaults import load_torch_model
+
+    model = load_torch_model(args.model)
+    device = getattr(args, "device", None) or "cpu"
+    if device != "cpu":
+        import torch
+
+        if device.startswith("cuda") and not torch.cuda.is_available():
+            raise TimbreclipError(f"--device {device}: no CUDA device here")
+        model = model.to(device)
+    if args.backend == "torch":
+        embedder = model
+    else:
+        from timbreclip.export.backends import load_backend
+
+        embedder = load_backend(model, args.backend)
+    return embedder, model.fingerprint(), model.config.frontend
+
+
+def _add_library(sub) -> None:
+    p = sub.add_parser("library", help="the patch library: add soundfonts and sample folders, list, remove")
+    lsub = p.add_subparsers(dest="library_command", required=True, metavar="ACTION")
+    a = lsub.add_parser("add", help="render, embed and store sources (soundfonts, sample folders, patch folders)",
+                        description="Add soundfonts (.sf2/.sf3), folders of one-shot samples, or labelled patch "
+                                    "folders (metadata.csv). Unchanged sources are skipped.")
+    a.add_argument("sources", nargs="*", help="soundfont files or folders")
+    a.add_argument("--installed", action="store_true", help="add every soundfont the system has")
+    a.add_argument("--soundfont-dir", action="append", default=[], help="another folder to look in (repeatable)")
+    a.add_argument("--pitches", help="index pitches for soundfont presets, comma-separated MIDI notes "
+                                     "(default: C and F# over 8 octaves, 16 notes)")
+    a.add_argument("--processes", type=_number("--processes", 1, 64, integer=True), default=2,
+                   help="rendering processes (default 2)")
+    a.add_argument("--force", action="store_true", help="re-render and re-embed even unchanged sources")
+    a.add_argument("--device", default="cpu", help="torch device for embedding (cpu, cuda)")
+    _add_db_arg(a)
+    _add_model_args(a)
+    a.set_defaults(run=_run_library_add)
+    r = lsub.add_parser("reembed", help="re-embed every source with --model (after a model change)")
+    r.add_argument("--processes", type=_number("--processes", 1, 64, integer=True), default=2)
+    r.add_argument("--device", default="cpu")
+    _add_db_arg(r)
+    _add_model_args(r)
+    r.set_defaults(run=_run_library_reembed)
+    ls = lsub.add_parser("list", help="the sources in the library")
+    ls.add_argument("--json", action="store_true")
+    _add_db_arg(ls)
+    ls.set_defaults(run=_run_library_list)
+    st = lsub.add_parser("stats", help="counts, categories, model, size")
+    st.add_argument("--json", action="store_true")
+    _add_db_arg(st)
+    st.set_defaults(run=_run_library_stats)
+    rm = lsub.add_parser("remove", help="remove a source (by path or name)")
+    rm.add_argument("source")
+    _add_db_arg(rm)
+    rm.set_defaults(run=_run_library_remove)
+
+
+def _print_reports(reports) -> int:
+    bad = 0
+    for r in reports:
+        if r.status == "added":
+            print(f"added {r.path}: {r.patches} patches, {r.notes} notes"
+                  + (f" ({len(r.skipped)} left out)" if r.skipped else ""))
+        elif r.status == "unchanged":
+            print(f"unchanged {r.path}")
+        else:
+            print(f"skipped {r.error}", file=sys.stderr)
+            bad += 1
+        for item in r.skipped:
+            print(f"  left out {item}", file=sys.stderr)
+            bad += 1
+    added = [r for r in reports if r.status == "added"]
+    print(f"{len(added)} added, {sum(r.status == 'unchanged' for r in reports)} unchanged, "
+          f"{sum(r.status == 'skipped' for r in reports)} skipped; {sum(r.notes for r in added)} notes embedded")
+    return 2 if bad else 0
+
+
+def _run_library_add(args) -> int:
+    import time
+
+    from timbreclip.library.db import Library
+    from timbreclip.library.sources import add_sources, discover_installed
+
+    sources = list(args.sources)
+    if args.installed:
+        found = discover_installed(args.soundfont_dir)
+        if not found:
+            raise TimbreclipError("--installed: no soundfonts in /usr/share/sounds/sf2, /usr/share/sounds/sf3 or "
+                                  "~/.local/share/soundfonts" + (" or --soundfont-dir" if args.soundfont_dir else ""))
+        sources += found
+    if not sources:
+        raise TimbreclipError("give soundfonts or folders to add, or --installed")
+    pitches = None
+    if args.pitches:
+        try:
+            pitches = [int(v) for v in args.pitches.split(",")]
+        except ValueError:
+            raise TimbreclipError(f"--pitches {args.pitches}: expected comma-separated MIDI notes") from None
+        if not pitches or any(not 0 <= v <= 127 for v in pitches):
+            raise TimbreclipError(f"--pitches {args.pitches}: MIDI notes are 0..127")
+    library = Library(args.db)
+    embedder, fingerprint, frontend = _library_model(args)
+    started = time.perf_counter()
+    with library:
+        reports = add_sources(library, sources, embedder, fingerprint, frontend, pitches, args.processes,
+                              progress=sys.stderr.isatty(), force=args.force)
+    code = _print_reports(reports)
+    seconds = time.perf_counter() - started
+    notes = sum(r.notes for r in reports if r.status == "added")
+    if notes:
+        print(f"{seconds:.1f} s ({notes / seconds:.0f} notes per second, rendering included)")
+    return code
+
+
+def _run_library_reembed(args) -> int:
+    from timbreclip.library.db import Library
+    from timbreclip.library.sources import add_sources
+
+    library = Library(args.db, create=False)
+    embedder, fingerprint, frontend = _library_model(args)
+    with library:
+        paths = [s["path"] for s in library.sources()]
+        if library.model_fingerprint() != fingerprint:  # a new model: every set is rebuilt, source by source
+            library.conn.execute("DELETE FROM meta WHERE key='model_fingerprint'")
+            for path in paths:
+                library.remove_source(path)
+        reports = add_sources(library, paths, embedder, fingerprint, frontend, None, args.processes,
+                              progress=sys.stderr.isatty(), force=True)
+    return _print_reports(reports)
+
+
+def _run_library_list(args) -> int:
+    import json
+
+    from timbreclip.library.db import Library
+
+    with Library(args.db, create=False) as library:
+        sources = library.sources()
+    if args.json:
+        print(json.dumps(sources, indent=2))
+        return 0
+    if not sources:
+        print("the library is empty: `timbreclip library add --installed` fills it")
+    for s in sources:
+        print(f"{s['name']:<28} {s['kind']:<12} {s['patches']:>5} patches {s['notes']:>6} notes  {s['path']}")
+    return 0
+
+
+def _run_library_stats(args) -> int:
+    import json
+
+    from timbreclip.library.db import Library
+
+    with Library(args.db, create=False) as library:
+        stats = library.stats()
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{stats['path']}: {stats['sources']} sources, {stats['patches']} patches, {stats['notes']} notes, "
+          f"{stats['bytes'] / 1e6:.1f} MB, schema {stats['schema_version']}")
+    print(f"model: {stats['model_fingerprint'] or '(none yet)'}; favourites: {stats['favourites']}")
+    for name, count in list(stats["categories"].items())[:20]:
+        print(f"  {name:<24} {count}")
+    return 0
+
+
+def _run_library_remove(args) -> int:
+    from timbreclip.library.db import Library
+
+    with Library(args.db, create=False) as library:
+        row = library.remove_source(args.source)
+    print(f"removed {row['path']}")
+    return 0
+
+
+def _add_search(sub) -> None:
+    p = sub.add_parser("search", help="find patches by words, by example (--like FILE), at a pitch",
+                       description="Text -> patches (a patch scores by its best note, or with --pitch by its note "
+                                   "nearest that pitch). --like FILE searches by example; --like FILE \"brighter\" "
+                                   "moves the example toward the words.")
+    p.add_argument("query", nargs="?", help="words (with --like: words to move the example toward)")
+    p.add_argument("--like", help="an audio file: find patches that sound like it")
+    p.add_argument("--source-weight", type=_number("--source-weight", 0.0), default=0.5,
+                   help="with --like and words: weight of the example (default 0.5; the words weigh 1)")
+    p.add_argument("--top", type=_number("--top", 1, 10000, integer=True), default=10)
+    p.add_argument("--pitch", type=_number("--pitch", 0, 127), help="score each patch by its note nearest this MIDI pitch")
+    p.add_argument("--category", help="only patches whose category contains this")
+    p.add_argument("--source", help="only patches from sources whose name or path contains this")
+    p.add_argument("--json", action="store_true", help="print the results as a JSON list")
+    _add_db_arg(p)
+    _add_model_args(p)
+    p.set_defaults(run=_run_search)
+
+
+def _open_search(args):
+    from timbreclip.library.db import Library
+    from timbreclip.library.search import PatchSearch
+
+    library = Library(args.db, create=False)
+    if not library.note_count():
+        library.close()
+        raise TimbreclipError(f"{library.path}: the library is empty; fill it with `timbreclip library add "
+                              "--installed` (or add soundfonts and sample folders by path)")
+    embedder, fingerprint, _ = _library_model(args)
+    return library, PatchSearch(library, embedder, fingerprint)
+
+
+def _run_search(args) -> int:
+    import json
+
+    from timbreclip.library.search import Query
+
+    if args.like:
+        from timbreclip.dsp.audio_io import audio_info
+
+        audio_info(args.like)  # one clear line for a missing or corrupt example, before the model loads
+    elif not args.query or not args.query.strip():
+        raise TimbreclipError("give words to search for, or an example with --like FILE")
+    library, search = _open_search(args)
+    with library:
+        prompts = {args.query.strip(): 1.0} if args.like and args.query and args.query.strip() else None
+        hits = search.search(Query(text=args.query, like=args.like, prompts=prompts,
+                                   source_weight=args.source_weight),
+                             top=args.top, pitch=args.pitch, category=args.category, source=args.source)
+    if args.json:
+        print(json.dumps([{k: h[k] for k in ("rank", "patch_id", "title", "category", "source", "score", "pitch")}
+                          for h in hits], indent=2))
+        return 0
+    if not hits:
+        print("no patches match")
+    for h in hits:
+        pitch = f"  @{h['pitch']:g}" if h["pitch"] is not None else ""
+        print(f"{h['rank']:>3}. {h['score']:+.3f}  {h['title']:<28} {h['category']:<20} {h['source']}{pitch}")
+    return 0
+
+
+def _add_tag(sub) -> None:
+    p = sub.add_parser("tag", help="audio -> words: categories, instruments and timbre words with scores")
+    p.add_argument("file", help="audio file")
+    p.add_argument("--top", type=_number("--top", 1, 1000, integer=True), default=10)
+    p.add_argument("--json", action="store_true")
+    _add_db_arg(p)
+    _add_model_args(p)
+    p.set_defaults(run=_run_tag)
+
+
+def _run_tag(args) -> int:
+    import json
+
+    from timbreclip.dsp.audio_io import audio_info
+
+    audio_info(args.file)
+    library, search = _open_search(args)
+    with library:
+        words = search.tag(args.file, args.top)
+    if args.json:
+        print(json.dumps(words, indent=2))
+        return 0
+    for w in words:
+        print(f"{w['rank']:>3}. {w['score']:+.3f}  {w['word']:<28} ({w['kind']})")
+    return 0
+
+
 # -- export -----------------------------------------------------------------------------------------------------
 def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export the encoders to ONNX (or build TensorRT engines)")
@@ -542,6 +816,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_similarity(sub)
     _add_eq(sub)
     _add_live(sub)
+    _add_library(sub)
+    _add_search(sub)
+    _add_tag(sub)
     _add_devices(sub)
     _add_export(sub)
     _add_dataset(sub)

@@ -27,7 +27,7 @@ PROMPTS = ("bright", "warm", "thin")
 
 
 def render_examples(out_dir: Path) -> list[tuple[str, Path]]:
-    from timbreclip.training.render import render_note
+    from timbreclip.library.soundfont import render_note
 
     if not Path(FONT).is_file():
         raise TimbreclipError(f"{FONT}: not installed (Debian fluid-soundfont-gm; `make demo` installs it)")

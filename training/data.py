@@ -28,9 +28,9 @@ from timbreclip.dsp.biquad import BAND_CODE, cascade_response, normalise, rbj_co
 from timbreclip.dsp.parametric_eq import DEFAULT_BAND_TYPES as PARAMETRIC_BANDS
 from timbreclip.neural.frontend import LOG_FLOOR, FrontEnd, FrontEndConfig
 
-from .gm import GM_FAMILIES
+from timbreclip.library.gm import GM_FAMILIES
 from .labels import BRIGHTNESS_WORDS, EQ_ARCHETYPES, LOW_SHARE_CUTOFF_HZ, descriptor_words, sound_texts
-from .patchfolder import DatasetError, Note, read_patch_folder
+from timbreclip.library.patchfolder import DatasetError, Note, read_patch_folder
 
 
 @dataclass

@@ -34,6 +34,8 @@ import numpy as np
 import torch
 
 from timbreclip.dsp.cache import user_cache_dir
+from timbreclip.library.scoring import patch_scores
+from timbreclip.neural.embedder import embed_windows
 
 KS = (1, 5, 10, 50)
 CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)
@@ -109,18 +111,11 @@ def text_to_patch(text_emb: np.ndarray, note_emb: np.ndarray, note_patch: np.nda
                   ks=KS) -> QueryResults:
     """``text_emb (Q, D)``; ``note_emb (M, D)`` with ``note_patch (M,)`` patch indices; ``relevant[q]`` the
     patch indices relevant to query q. Patch score = max over its notes' cosine similarity."""
-    notes = torch.from_numpy(np.ascontiguousarray(note_emb, dtype=np.float32))
-    patch_index = torch.from_numpy(note_patch.astype(np.int64))
     rows: dict[str, list[float]] = {}
     for start in range(0, len(text_emb), query_chunk):
-        q = torch.from_numpy(np.ascontiguousarray(text_emb[start:start + query_chunk], dtype=np.float32))
-        best = torch.full((len(q), n_patches), -math.inf)
-        for n0 in range(0, len(notes), note_chunk):
-            sims = q @ notes[n0:n0 + note_chunk].T
-            idx = patch_index[n0:n0 + note_chunk].expand(len(q), -1)
-            best.scatter_reduce_(1, idx, sims, reduce="amax")
+        best = patch_scores(text_emb[start:start + query_chunk], note_emb, note_patch, n_patches, note_chunk)
         ranks = _expected_ranks(best).numpy()
-        for i in range(len(q)):
+        for i in range(len(best)):
             for name, value in _metrics_from_ranks(ranks[i, relevant[start + i]], ks).items():
                 rows.setdefault(name, []).append(value)
     return QueryResults({k: np.array(v) for k, v in rows.items()}, np.arange(len(text_emb)))
@@ -268,7 +263,7 @@ class EvalSet:
 
 
 def load_eval_set(folder: str | os.PathLike, notes=None) -> EvalSet:
-    from .patchfolder import METADATA, read_patch_folder
+    from timbreclip.library.patchfolder import METADATA, read_patch_folder
 
     notes = notes if notes is not None else read_patch_folder(folder)
     notes = [n for n in notes if n.pitch_shift == 0.0]
@@ -299,16 +294,6 @@ def load_clips(paths: list[Path], sample_rate: int, samples: int) -> np.ndarray:
 
 def audio_hashes(clips: np.ndarray) -> list[str]:
     return [hashlib.sha1(c.tobytes()).hexdigest() for c in clips]
-
-
-def embed_clips(model, clips: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Embed 4 s clips at the model's rate with a TimbreCLIP (torch) or any embedder offering ``embed_windows``."""
-    if hasattr(model, "embed_windows"):
-        return np.concatenate([model.embed_windows(clips[i:i + batch_size]) for i in range(0, len(clips), batch_size)])
-    model.eval()
-    with torch.no_grad():
-        return np.concatenate([model.encode_waveforms(torch.from_numpy(clips[i:i + batch_size])).numpy()
-                               for i in range(0, len(clips), batch_size)])
 
 
 def cache_path(model_fingerprint: str, eval_set: EvalSet) -> Path:
@@ -413,7 +398,7 @@ def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_o
     notes = None
     if split == "validation":
         from .data import split_validation
-        from .patchfolder import read_patch_folder
+        from timbreclip.library.patchfolder import read_patch_folder
 
         notes = read_patch_folder(folder)
         _, val = split_validation(notes, seed=0)
@@ -437,7 +422,7 @@ def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_o
         if use_cache and cached.exists():
             note_emb = np.load(cached)
         else:
-            note_emb = embed_clips(model, model_clips)
+            note_emb = embed_windows(model, model_clips)
             if use_cache:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cached, note_emb)

@@ -1,0 +1,91 @@
+"""Live-loop benchmark on a private JACK dummy server: stereo 48 kHz, each block size with steering off and on.
+
+For every run: callback time p50/p99/max (us) and as a share of the block period, xruns (the stream's status flags
+and the JACK server's own log), steering update latency p50/p95, this process's CPU while the stream ran, and the
+CPU the hypervisor took from the machine meanwhile (a VM's real-time figures mean little when that is large).
+
+    python benchmarks/bench_live.py [--json] [--seconds 60] [--blocks 64 128 256] [--modes off process thread]
+        [--update-every 0.5]
+
+Goals (issue 12): at 128 frames with steering every 0.5 s, callback p99 under 10% of the block period and zero
+xruns in 60 s; update latency p95 under 0.5 s.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+from timbreclip.defaults import default_model_path
+from timbreclip.dsp.audio_io import write_audio
+from timbreclip.realtime.devices import refresh_audio
+from timbreclip.realtime.jackrig import JackServer
+from timbreclip.realtime.loop import LiveConfig
+from timbreclip.realtime.stream import run_live
+
+RATE = 48000
+
+
+def test_signal(path: str) -> str:
+    """A bright, decaying saw-like tone, looped as the live source."""
+    t = np.arange(4 * RATE) / RATE
+    x = sum(np.sin(2 * np.pi * 220 * k * t) / k for k in range(1, 40)) * 0.15 * np.exp(-0.3 * t)
+    write_audio(path, np.stack([x, x]).astype(np.float32), RATE)
+    return path
+
+
+def run_one(block: int, mode: str, seconds: float, update_every: float, source: str) -> dict:
+    with JackServer(rate=RATE, period=block) as server:
+        refresh_audio()
+        config = LiveConfig(prompts={"bright": 1.0}, sample_rate=RATE, channels=2, blocksize=block,
+                            update_every_s=update_every, worker=mode, model_dir=str(default_model_path()))
+        before = server.xruns()
+        run = run_live(config, play=source, duration_s=seconds, read_stdin=False, interactive=False)
+        stats = run.live.stats_dict()
+        stats["server_xruns"] = server.xruns() - before
+        import sounddevice as sd
+
+        sd._terminate()  # before the server goes
+    sd._initialize()
+    stats.update({"mode": mode, "seconds": seconds, "exit": run.reason})
+    return stats
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--seconds", type=float, default=60.0)
+    parser.add_argument("--blocks", type=int, nargs="+", default=[64, 128, 256])
+    parser.add_argument("--modes", nargs="+", default=["off", "process"], choices=("off", "process", "thread"))
+    parser.add_argument("--update-every", type=float, default=0.5)
+    args = parser.parse_args()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        source = test_signal(os.path.join(tmp, "tone.wav"))
+        for block in args.blocks:
+            for mode in args.modes:
+                row = run_one(block, mode, args.seconds, args.update_every, source)
+                rows.append(row)
+                print(f"done {block} frames, steering {mode}", file=sys.stderr, flush=True)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return
+    print(f"| frames | period | steering | callback p50 / p99 / max (us) | p99 share | xruns (stream / server) | "
+          f"updates | update latency p50 / p95 (s) | process CPU | CPU steal |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        us, lat = r["callback_us"], r["update_latency_s"]
+        lat_text = f"{lat['p50']:.3f} / {lat['p95']:.3f}" if lat["p50"] is not None else "-"
+        print(f"| {r['block_frames']} | {r['block_period_us'] / 1000:.2f} ms | {r['mode']} | "
+              f"{us['p50']:.0f} / {us['p99']:.0f} / {us['max']:.0f} | {r['callback_load_p99']:.1%} | "
+              f"{r['xruns']} / {r['server_xruns']} | {r['updates']} | {lat_text} | "
+              f"{r['process_cpu_percent']:.1f}% | {r['cpu_steal_ms']:.0f} ms |")
+
+
+if __name__ == "__main__":
+    main()
