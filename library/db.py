@@ -168,11 +168,17 @@ class Library:
             self._set_meta("created", str(time.time()))
 
     def _transaction(self):
-        conn = self.conn
+        conn, path, timeout_s = self.conn, self.path, self.timeout_s
 
         class _Tx:
             def __enter__(self_inner):
-                conn.execute("BEGIN IMMEDIATE")
+                try:
+                    conn.execute("BEGIN IMMEDIATE")
+                except sqlite3.OperationalError as err:
+                    if "locked" in str(err) or "busy" in str(err):
+                        raise LibraryError(f"{path}: locked by another process for {timeout_s:g} s; try again "
+                                           "when it is done") from None
+                    raise
 
             def __exit__(self_inner, exc_type, exc, tb):
                 conn.execute("ROLLBACK" if exc_type else "COMMIT")

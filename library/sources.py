@@ -231,8 +231,10 @@ def _patch_folder_patches(path: str, embed, frontend, progress: bool):
 
 
 def add_sources(library: Library, paths: list[str], embedder, fingerprint: str, frontend, pitches=None,
-                processes: int = 2, progress: bool = True, force: bool = False) -> list[SourceReport]:
-    """Add (or refresh) each source; unchanged ones are skipped unless ``force``. One transaction per source."""
+                processes: int = 2, progress: bool = True, force: bool = False,
+                on_report=None) -> list[SourceReport]:
+    """Add (or refresh) each source; unchanged ones are skipped unless ``force``. One transaction per source;
+    ``on_report(report)`` is called as each source is done (committed, skipped or unchanged)."""
     from timbreclip.neural.embedder import embed_windows
 
     from .soundfont import PITCHES
@@ -242,7 +244,15 @@ def add_sources(library: Library, paths: list[str], embedder, fingerprint: str, 
     def embed(clips: np.ndarray) -> np.ndarray:
         return embed_windows(embedder, np.ascontiguousarray(clips, np.float32))
 
-    reports = []
+    reports: list[SourceReport] = []
+
+    class _Reports(list):
+        def append(self, report: SourceReport) -> None:
+            super().append(report)
+            if on_report is not None:
+                on_report(report)
+
+    reports = _Reports()
     for raw in paths:
         try:
             kind = source_kind(raw)
@@ -271,4 +281,4 @@ def add_sources(library: Library, paths: list[str], embedder, fingerprint: str, 
         name = Path(path).stem if kind == "soundfont" else Path(path).name
         library.replace_source(path, kind, name, digest, patches, fingerprint, skipped)
         reports.append(SourceReport(path, kind, "added", len(patches), sum(len(p.notes) for p in patches), skipped))
-    return reports
+    return list(reports)

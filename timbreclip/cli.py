@@ -555,24 +555,24 @@ def _add_library(sub) -> None:
     rm.set_defaults(run=_run_library_remove)
 
 
-def _print_reports(reports) -> int:
-    bad = 0
-    for r in reports:
-        if r.status == "added":
-            print(f"added {r.path}: {r.patches} patches, {r.notes} notes"
-                  + (f" ({len(r.skipped)} left out)" if r.skipped else ""))
-        elif r.status == "unchanged":
-            print(f"unchanged {r.path}")
-        else:
-            print(f"skipped {r.error}", file=sys.stderr)
-            bad += 1
-        for item in r.skipped:
-            print(f"  left out {item}", file=sys.stderr)
-            bad += 1
+def _print_report(r) -> None:
+    """One source's outcome, printed (and flushed) as soon as it is committed."""
+    if r.status == "added":
+        print(f"added {r.path}: {r.patches} patches, {r.notes} notes"
+              + (f" ({len(r.skipped)} left out)" if r.skipped else ""), flush=True)
+    elif r.status == "unchanged":
+        print(f"unchanged {r.path}", flush=True)
+    else:
+        print(f"skipped {r.error}", file=sys.stderr, flush=True)
+    for item in r.skipped:
+        print(f"  left out {item}", file=sys.stderr, flush=True)
+
+
+def _summarise_reports(reports) -> int:
     added = [r for r in reports if r.status == "added"]
     print(f"{len(added)} added, {sum(r.status == 'unchanged' for r in reports)} unchanged, "
           f"{sum(r.status == 'skipped' for r in reports)} skipped; {sum(r.notes for r in added)} notes embedded")
-    return 2 if bad else 0
+    return 2 if any(r.status == "skipped" or r.skipped for r in reports) else 0
 
 
 def _run_library_add(args) -> int:
@@ -603,8 +603,8 @@ def _run_library_add(args) -> int:
     started = time.perf_counter()
     with library:
         reports = add_sources(library, sources, embedder, fingerprint, frontend, pitches, args.processes,
-                              progress=sys.stderr.isatty(), force=args.force)
-    code = _print_reports(reports)
+                              progress=sys.stderr.isatty(), force=args.force, on_report=_print_report)
+    code = _summarise_reports(reports)
     seconds = time.perf_counter() - started
     notes = sum(r.notes for r in reports if r.status == "added")
     if notes:
@@ -625,8 +625,8 @@ def _run_library_reembed(args) -> int:
             for path in paths:
                 library.remove_source(path)
         reports = add_sources(library, paths, embedder, fingerprint, frontend, None, args.processes,
-                              progress=sys.stderr.isatty(), force=True)
-    return _print_reports(reports)
+                              progress=sys.stderr.isatty(), force=True, on_report=_print_report)
+    return _summarise_reports(reports)
 
 
 def _run_library_list(args) -> int:
