@@ -1,8 +1,8 @@
 """Retrieval scoring, once, for search and for evaluation: how a patch (many notes) scores against a query.
 
 - ``patch_scores``: the paper's rule: a patch's similarity is the best over its notes (its distance the minimum).
-- ``nearest_pitch_notes`` + ``pitch_scores``: what a player hears when auditioning at a key: each patch scores by its
-  note nearest that pitch.
+- ``nearest_pitch_notes``: what a player hears when auditioning at a key: each patch scores by its note nearest
+  that pitch.
 
 Embeddings are L2-normalised, so similarity is a dot product.
 """
@@ -36,26 +36,6 @@ def nearest_pitch_notes(note_patch: np.ndarray, note_pitch: np.ndarray, pitch: f
     distance = np.where(np.isnan(distance), 1e6, distance)
     # sort by (patch, distance, pitch) and keep the first note of each patch
     order = np.lexsort((np.nan_to_num(note_pitch, nan=1e6), distance, note_patch))
-    patches = np.asarray(note_patch)[order]
-    first = np.ones(len(order), bool)
-    first[1:] = patches[1:] != patches[:-1]
-    out = np.full(n_patches, -1, np.int64)
-    out[patches[first]] = order[first]
-    return out
-
-
-def pitch_scores(queries: np.ndarray, note_emb: np.ndarray, nearest: np.ndarray) -> np.ndarray:
-    """``(Q, n_patches)`` similarities of each patch's chosen note (``nearest`` from ``nearest_pitch_notes``)."""
-    out = np.full((len(queries), len(nearest)), -np.inf, np.float32)
-    has = nearest >= 0
-    out[:, has] = np.asarray(queries, np.float32) @ np.asarray(note_emb[nearest[has]], np.float32).T
-    return out
-
-
-def best_notes(query: np.ndarray, note_emb: np.ndarray, note_patch: np.ndarray, n_patches: int) -> np.ndarray:
-    """For one query ``(D,)``: each patch's best-scoring note index (-1 for none)."""
-    sims = np.asarray(note_emb, np.float32) @ np.asarray(query, np.float32)
-    order = np.lexsort((-sims, note_patch))
     patches = np.asarray(note_patch)[order]
     first = np.ones(len(order), bool)
     first[1:] = patches[1:] != patches[:-1]

@@ -19,7 +19,7 @@ import numpy as np
 from timbreclip.dsp.errors import TimbreclipError
 
 from .db import Library, NoteIndex
-from .scoring import best_notes, nearest_pitch_notes
+from .scoring import nearest_pitch_notes, patch_scores
 
 TIMBRE_WORDS = ("bright", "dark", "warm", "thin", "airy", "punchy", "percussive", "soft attack", "sustained",
                 "decaying", "short release", "long release", "noisy", "muffled", "crisp", "bass-heavy", "boomy")
@@ -58,6 +58,9 @@ class PatchSearch:
             self._generation = generation
             index = self.index
             self._n = len(index.patches)
+            # notes come sorted by patch: each patch's notes are one contiguous run
+            self._starts = np.searchsorted(index.note_patch, np.arange(self._n + 1))
+            self._nearest: dict[float, np.ndarray] = {}
 
     def query_vector(self, query: Query) -> np.ndarray:
         if query.like:
@@ -82,13 +85,16 @@ class PatchSearch:
         if not index.patches:
             return []
         if pitch is None:
-            chosen = best_notes(z, index.note_emb, index.note_patch, self._n)
+            scores = patch_scores(z[None], index.note_emb, index.note_patch, self._n)[0].numpy()
+            chosen = None
         else:
-            chosen = nearest_pitch_notes(index.note_patch, index.note_pitch, float(pitch), self._n)
-        has = chosen >= 0
-        scores = np.full(self._n, -np.inf, np.float32)
-        scores[has] = index.note_emb[chosen[has]] @ z
-        mask = has.copy()
+            key = round(float(pitch), 2)
+            if key not in self._nearest:  # the browser asks again and again at the same few pitches
+                self._nearest[key] = nearest_pitch_notes(index.note_patch, index.note_pitch, key, self._n)
+            chosen = self._nearest[key]
+            scores = np.full(self._n, -np.inf, np.float32)
+            scores[chosen >= 0] = index.note_emb[chosen[chosen >= 0]] @ z
+        mask = np.isfinite(scores)
         if category:
             wanted = category.lower()
             mask &= np.array([wanted in (p["category"] or "").lower() for p in index.patches])
@@ -103,7 +109,12 @@ class PatchSearch:
         out = []
         for rank, i in enumerate(order, start=1):
             p = index.patches[i]
-            note_pitch = index.note_pitch[chosen[i]]
+            if chosen is None:  # the patch's best note, for the pitch it was found at
+                s0, s1 = self._starts[i], self._starts[i + 1]
+                note = s0 + int(np.argmax(index.note_emb[s0:s1] @ z))
+            else:
+                note = chosen[i]
+            note_pitch = index.note_pitch[note]
             out.append({"rank": rank, "patch_id": int(p["id"]), "title": p["title"], "category": p["category"],
                         "source": p["source"], "score": round(float(scores[i]), 6),
                         "pitch": None if np.isnan(note_pitch) else float(note_pitch), "key": p["key"]})

@@ -279,11 +279,18 @@ def test_odd_channel_kernel_runs_the_last_channel_once():
 
 
 def test_handoff_never_delivers_half_a_set():
-    """A control thread publishes sets as fast as it can while the audio thread takes one per block: every set
-    the audio thread ends up playing is one that was published whole (each set's sections are all equal)."""
+    """A control thread publishes sets as fast as it can while the reader takes them: every set the reader ends up
+    with is one that was published whole (each set's sections are all equal). The engine's kernels keep the GIL
+    (see engine.py), which would serialise the two sides; the reader here is the same function compiled without
+    the GIL, so the protocol itself is exercised under true concurrency."""
     import threading
 
-    from timbreclip.dsp.handoff import CoefficientHandoff, take
+    import numba
+
+    from timbreclip.dsp.handoff import CoefficientHandoff
+    from timbreclip.dsp.handoff import take as take_with_gil
+
+    take = numba.njit(nogil=True)(take_with_gil.py_func)
 
     sections = 64
     handoff = CoefficientHandoff(sections)

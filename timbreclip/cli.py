@@ -252,6 +252,19 @@ class _PromptAction(argparse.Action):
         namespace.prompts = pairs
 
 
+def _prompt_weights(args) -> dict[str, float]:
+    """--prompt/--weight pairs as {words: weight} (a repeated prompt adds up), checked with --source-weight."""
+    from timbreclip.neural.steering import check_weights
+
+    if not args.prompts:
+        raise TimbreclipError("give at least one --prompt")
+    prompts: dict[str, float] = {}
+    for text, weight in args.prompts:
+        prompts[text] = prompts.get(text, 0.0) + weight
+    check_weights(prompts, args.source_weight)
+    return prompts
+
+
 def _add_eq(sub) -> None:
     p = sub.add_parser("eq", help="steer an EQ with words and apply it to a file",
                        description="Describe the sound you want; the EQ moves toward it (TimbreCLIP text-guided "
@@ -283,15 +296,10 @@ def _run_eq(args) -> int:
     from dataclasses import replace
 
     from timbreclip.defaults import load_torch_model
-    from timbreclip.neural.steering import SteeringConfig, check_weights
+    from timbreclip.neural.steering import SteeringConfig
     from timbreclip.text_eq import plot_eq_run, print_run, run_eq
 
-    if not args.prompts:
-        raise TimbreclipError("give at least one --prompt")
-    prompts: dict[str, float] = {}
-    for text, weight in args.prompts:
-        prompts[text] = prompts.get(text, 0.0) + weight
-    check_weights(prompts, args.source_weight)
+    prompts = _prompt_weights(args)
     config = SteeringConfig.paper() if args.paper else SteeringConfig()
     for field_name, value in (("steps", args.steps), ("lr", args.lr), ("penalty", args.penalty), ("seed", args.seed),
                               ("init", args.init)):
@@ -399,15 +407,9 @@ def _add_live(sub) -> None:
 def _run_live(args) -> int:
     import os
 
-    from timbreclip.neural.steering import check_weights
     from timbreclip.realtime.loop import LiveConfig
 
-    if not args.prompts:
-        raise TimbreclipError("give at least one --prompt")
-    prompts: dict[str, float] = {}
-    for text, weight in args.prompts:
-        prompts[text] = prompts.get(text, 0.0) + weight
-    check_weights(prompts, args.source_weight)
+    prompts = _prompt_weights(args)
     offline = args.input_file or args.output_file
     if offline and not (args.input_file and args.output_file):
         raise TimbreclipError("--input-file and --output-file go together")
