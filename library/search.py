@@ -43,10 +43,14 @@ def _normalise(z: np.ndarray) -> np.ndarray:
 class PatchSearch:
     """Search over one library with one embedder (the library's model; checked)."""
 
-    def __init__(self, library: Library, embedder, fingerprint: str) -> None:
+    def __init__(self, library: Library, embedder, fingerprint: str, ann_min_notes: int | None = None) -> None:
+        from .ann import ANN_MIN_NOTES
+
         library.check_model(fingerprint)
         self.library = library
         self.embedder = embedder
+        self.ann_min_notes = ANN_MIN_NOTES if ann_min_notes is None else ann_min_notes
+        self._ann = None
         self._generation = -1
         self.index: NoteIndex | None = None
         self.refresh()
@@ -61,6 +65,15 @@ class PatchSearch:
             # notes come sorted by patch: each patch's notes are one contiguous run
             self._starts = np.searchsorted(index.note_patch, np.arange(self._n + 1))
             self._nearest: dict[float, np.ndarray] = {}
+            self._ann = None
+
+    def _ann_ready(self) -> bool:
+        from . import ann
+
+        if self._ann is None and ann.available():
+            cache = f"{self.library.path}.hnsw-{self._generation}-{self.index.fingerprint[:12]}"
+            self._ann = ann.NoteANN(self.index.note_emb, cache)
+        return self._ann is not None
 
     def query_vector(self, query: Query) -> np.ndarray:
         if query.like:
@@ -84,7 +97,16 @@ class PatchSearch:
         index = self.index
         if not index.patches:
             return []
-        if pitch is None:
+        approximate = (pitch is None and not (category or source or keep)
+                       and len(index.note_emb) >= self.ann_min_notes and self._ann_ready())
+        if approximate:  # the nearest notes from the HNSW index; each patch keeps its best (they come best first)
+            sims, ids = self._ann.nearest_notes(z, max(256, 32 * top))
+            patches = index.note_patch[ids]
+            first = np.unique(patches, return_index=True)[1]
+            scores = np.full(self._n, -np.inf, np.float32)
+            scores[patches[first]] = sims[first]
+            chosen = None
+        elif pitch is None:
             scores = patch_scores(z[None], index.note_emb, index.note_patch, self._n)[0].numpy()
             chosen = None
         else:

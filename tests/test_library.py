@@ -273,3 +273,21 @@ def test_favourites_and_history_survive_a_rebuild(tmp_path, model):
         assert key in again.favourites()
         assert again.history()[0]["patch_key"] == key
         assert key in {p["key"] for p in again.note_index().patches}
+
+
+def test_approximate_index_agrees_with_exact_search(tmp_path, model):
+    """The HNSW path (used past a million notes) on a small library, forced on: same answers as exact search, and
+    its index is cached beside the database for this library generation."""
+    from timbreclip.library import ann
+
+    if not ann.available():
+        pytest.skip("faiss is not installed")
+    lib, words = _known_library(tmp_path, model)
+    with lib:
+        exact = PatchSearch(lib, model, model.fingerprint())
+        approx = PatchSearch(lib, model, model.fingerprint(), ann_min_notes=0)
+        for w in words:
+            a, b = exact.search(Query(text=w), top=3), approx.search(Query(text=w), top=3)
+            assert [h["title"] for h in a] == [h["title"] for h in b]
+            assert [h["score"] for h in a] == pytest.approx([h["score"] for h in b], abs=1e-5)
+        assert list(tmp_path.glob("known.sqlite.hnsw-*"))
