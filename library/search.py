@@ -64,7 +64,7 @@ class PatchSearch:
             self._n = len(index.patches)
             # notes come sorted by patch: each patch's notes are one contiguous run
             self._starts = np.searchsorted(index.note_patch, np.arange(self._n + 1))
-            self._nearest: dict[float, np.ndarray] = {}
+            self._nearest: dict[float, tuple[np.ndarray, np.ndarray]] = {}
             self._ann = None
 
     def _ann_ready(self) -> bool:
@@ -112,10 +112,11 @@ class PatchSearch:
         else:
             key = round(float(pitch), 2)
             if key not in self._nearest:  # the browser asks again and again at the same few pitches
-                self._nearest[key] = nearest_pitch_notes(index.note_patch, index.note_pitch, key, self._n)
-            chosen = self._nearest[key]
+                nearest = nearest_pitch_notes(index.note_patch, index.note_pitch, key, self._n)
+                self._nearest[key] = (nearest, np.ascontiguousarray(index.note_emb[nearest[nearest >= 0]]))
+            chosen, chosen_emb = self._nearest[key]
             scores = np.full(self._n, -np.inf, np.float32)
-            scores[chosen >= 0] = index.note_emb[chosen[chosen >= 0]] @ z
+            scores[chosen >= 0] = chosen_emb @ z
         mask = np.isfinite(scores)
         if category:
             wanted = category.lower()
