@@ -41,10 +41,26 @@ class TextBackendConfig:
         return asdict(self)
 
 
+def check_template(template: str) -> None:
+    """A template holds exactly one ``{}`` and nothing else in braces (``"the sound of a {}"``)."""
+    import string
+
+    try:
+        fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+    except ValueError as err:
+        raise PromptError(f"template {template!r}: {err}") from None
+    if fields != [""]:
+        raise PromptError(f"template {template!r}: needs exactly one {{}} where the words go "
+                          f"(e.g. \"the sound of a {{}}\"), found {len(fields)} field(s)"
+                          + (f" {fields}" if any(fields) else ""))
+
+
 def check_prompts(texts: list[str] | str, template: str | None = None) -> list[str]:
     """Validate and template prompts: a list of non-empty strings; ``template`` like ``"the sound of a {}"``."""
     if isinstance(texts, str):
         texts = [texts]
+    if template is not None:
+        check_template(template)
     out = []
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():

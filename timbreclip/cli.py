@@ -4,6 +4,7 @@ the model and backend, prints, and turns every bad input into one line on stderr
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import warnings
 
@@ -18,6 +19,25 @@ def _fail(message: str, code: int = 2) -> int:
 
 def _warn(message, category, filename, lineno, file=None, line=None) -> None:  # one line, no source excerpt
     print(f"timbreclip: warning: {message}", file=sys.stderr)
+
+
+def _number(name: str, lo: float | None = None, hi: float | None = None, integer: bool = False, lo_open=False):
+    """An argparse type: a finite number in [lo, hi] (lo excluded when lo_open), named in the error."""
+
+    def parse(text: str):
+        try:
+            value = int(text) if integer else float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"{name} {text!r}: not a number") from None
+        if not math.isfinite(value):
+            raise argparse.ArgumentTypeError(f"{name} {text}: must be finite")
+        if lo is not None and (value <= lo if lo_open else value < lo):
+            raise argparse.ArgumentTypeError(f"{name} {text}: must be {'>' if lo_open else '>='} {lo:g}")
+        if hi is not None and value > hi:
+            raise argparse.ArgumentTypeError(f"{name} {text}: must be <= {hi:g}")
+        return value
+
+    return parse
 
 
 # -- apply-eq ---------------------------------------------------------------------------------------------------
@@ -74,11 +94,22 @@ def _add_model_args(p) -> None:
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
 
 
+def _template(text: str) -> str:
+    """argparse type for --template: exactly one {} (checked before any model loads)."""
+    from timbreclip.neural.text import check_template
+
+    try:
+        check_template(text)
+    except TimbreclipError as err:
+        raise argparse.ArgumentTypeError(f"--{err}") from None  # "template ...: why" -> "--template ...: why"
+    return text
+
+
 def _add_embed(sub) -> None:
     p = sub.add_parser("embed", help="print embeddings of audio files or texts as JSON")
     p.add_argument("files", nargs="*", metavar="FILE", help="audio files")
     p.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
-    p.add_argument("--template", help='prompt template, e.g. "the sound of a {}"')
+    p.add_argument("--template", type=_template, help='prompt template with one {}, e.g. "the sound of a {}"')
     p.add_argument("--json", action="store_true", help="JSON output (the default and only format)")
     _add_model_args(p)
     p.set_defaults(run=_run_embed)
@@ -108,7 +139,7 @@ def _add_similarity(sub) -> None:
     p = sub.add_parser("similarity", help="cosine similarity between an audio file and texts")
     p.add_argument("file", help="audio file")
     p.add_argument("--text", action="append", required=True, help="a text (repeatable)")
-    p.add_argument("--template", help='prompt template, e.g. "the sound of a {}"')
+    p.add_argument("--template", type=_template, help='prompt template with one {}, e.g. "the sound of a {}"')
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     _add_model_args(p)
     p.set_defaults(run=_run_similarity)
@@ -143,8 +174,9 @@ def _add_dataset(sub) -> None:
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--pitch-variants", type=int, default=0,
                    help="extra pitch-shifted renders per note (augmentation; default 0)")
-    r.add_argument("--processes", type=int, default=2)
-    r.add_argument("--seed", type=int, default=0)
+    r.add_argument("--processes", type=_number("--processes", 1, 64, integer=True), default=2,
+                   help="rendering processes (default 2)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the pitch-variant shifts (default 0)")
     r.add_argument("--limit-presets", type=int, default=None, help="first N presets per font (quick tests)")
     r.set_defaults(run=_run_dataset_render)
 
@@ -248,7 +280,13 @@ class _PromptAction(argparse.Action):
         else:
             if not pairs:
                 parser.error("--weight must follow a --prompt")
-            pairs[-1][1] = float(value)
+            try:
+                weight = float(value)
+            except ValueError:
+                parser.error(f"--weight {value!r}: not a number")
+            if not math.isfinite(weight) or weight < 0:
+                parser.error(f"--weight {value}: must be a finite number >= 0")
+            pairs[-1][1] = weight
         namespace.prompts = pairs
 
 
@@ -271,24 +309,32 @@ def _add_eq(sub) -> None:
                                    "EQ). The model listens at 16 kHz: bands stay below 7.2 kHz.")
     p.add_argument("input", help="audio file")
     p.add_argument("-o", "--output", required=True, help="output audio file")
-    p.add_argument("--prompt", action=_PromptAction, dest="prompts", help="words for the target sound (repeatable)")
-    p.add_argument("--weight", action=_PromptAction, dest="prompts", help="weight of the --prompt before it (default 1)")
-    p.add_argument("--source-weight", type=float, default=0.5, help="weight of the source sound in the target")
+    p.add_argument("--prompt", action=_PromptAction, dest="prompts", metavar="WORDS",
+                   help="words for the target sound (repeatable)")
+    p.add_argument("--weight", action=_PromptAction, dest="prompts", metavar="W",
+                   help="weight of the --prompt before it (default 1)")
+    p.add_argument("--source-weight", type=_number("--source-weight", 0.0), default=0.5,
+                   help="weight of the source sound in the target (default 0.5)")
     p.add_argument("--settings-out", help="write the EQ settings (JSON interchange format)")
     p.add_argument("--plot", help="write the EQ curve and before/after spectrograms (PNG)")
-    p.add_argument("--steps", type=int, help="optimiser steps (fast default 64; --paper: 5000); lifts the time "
+    p.add_argument("--steps", type=_number("--steps", 1, 10_000_000, integer=True),
+                   help="optimiser steps (fast default 64; --paper: 5000); lifts the time "
                    "budget unless --time-budget is given")
-    p.add_argument("--time-budget", type=float, help="seconds per 4 s window the fast fit may take (default 0.95; "
+    p.add_argument("--time-budget", type=_number("--time-budget", 0.0),
+                   help="seconds per 4 s window the fast fit may take (default 0.95; "
                    "0 = no budget)")
     p.add_argument("--init", choices=("broad", "flat"), help="start from the best broad move (fast default) or "
                    "flat (--paper)")
-    p.add_argument("--lr", type=float, help="learning rate (fast default 0.3; --paper: 0.01)")
+    p.add_argument("--lr", type=_number("--lr", 0.0, 100.0, lo_open=True),
+                   help="learning rate (fast default 0.3; --paper: 0.01)")
     p.add_argument("--paper", action="store_true", help="the paper's optimiser: 5000 Adam steps at lr 1e-2")
-    p.add_argument("--penalty", type=float, default=None, help="gain penalty weight (default 0.02)")
+    p.add_argument("--penalty", type=_number("--penalty", 0.0, 100.0), default=None,
+                   help="gain penalty weight (default 0.02)")
     p.add_argument("--no-match-loudness", action="store_true", help="keep the EQ's loudness change")
-    p.add_argument("--excerpt", type=float, default=60.0, help="seconds of the file the EQ listens to (default 60)")
+    p.add_argument("--excerpt", type=_number("--excerpt", 0.0, lo_open=True), default=60.0,
+                   help="seconds of the file the EQ listens to (default 60)")
     p.add_argument("--model", help="model directory; default: the shipped model")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="random seed of the fit (default 0)")
     p.set_defaults(run=_run_eq, prompts=None)
 
 
@@ -328,26 +374,6 @@ def _run_eq(args) -> int:
 
 
 # -- live ---------------------------------------------------------------------------------------------------------
-def _number(name: str, lo: float | None = None, hi: float | None = None, integer: bool = False, lo_open=False):
-    """An argparse type: a finite number in [lo, hi] (lo excluded when lo_open), named in the error."""
-    import math
-
-    def parse(text: str):
-        try:
-            value = int(text) if integer else float(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"{name} {text!r}: not a number") from None
-        if not math.isfinite(value):
-            raise argparse.ArgumentTypeError(f"{name} {text}: must be finite")
-        if lo is not None and (value <= lo if lo_open else value < lo):
-            raise argparse.ArgumentTypeError(f"{name} {text}: must be {'>' if lo_open else '>='} {lo:g}")
-        if hi is not None and value > hi:
-            raise argparse.ArgumentTypeError(f"{name} {text}: must be <= {hi:g}")
-        return value
-
-    return parse
-
-
 def _check_output_path(path: str | None, flag: str) -> None:
     """Refuse an output path whose folder is missing or not writable before any work is done."""
     import os
@@ -370,8 +396,10 @@ def _add_live(sub) -> None:
                        description="Audio in -> EQ -> audio out, the EQ re-steered toward the words every "
                                    "--update-every seconds on the last 4 s heard. Type words to replace the prompts, "
                                    ":b bypass, :h hold, + / - amount, :s FILE save, :q quit.")
-    p.add_argument("--prompt", action=_PromptAction, dest="prompts", help="words for the target sound (repeatable)")
-    p.add_argument("--weight", action=_PromptAction, dest="prompts", help="weight of the --prompt before it (default 1)")
+    p.add_argument("--prompt", action=_PromptAction, dest="prompts", metavar="WORDS",
+                   help="words for the target sound (repeatable)")
+    p.add_argument("--weight", action=_PromptAction, dest="prompts", metavar="W",
+                   help="weight of the --prompt before it (default 1)")
     p.add_argument("--source-weight", type=_number("--source-weight", 0.0), default=0.5)
     p.add_argument("--amount", type=_number("--amount", 0.0, 2.0), default=1.0,
                    help="how much of the steered EQ plays (0..2, default 1)")
@@ -685,7 +713,8 @@ def _add_search(sub) -> None:
     p.add_argument("--source-weight", type=_number("--source-weight", 0.0), default=0.5,
                    help="with --like and words: weight of the example (default 0.5; the words weigh 1)")
     p.add_argument("--top", type=_number("--top", 1, 10000, integer=True), default=10)
-    p.add_argument("--pitch", type=_number("--pitch", 0, 127), help="score each patch by its note nearest this MIDI pitch")
+    p.add_argument("--pitch", type=_number("--pitch", 0, 127),
+                   help="score each patch by its note nearest this MIDI pitch")
     p.add_argument("--category", help="only patches whose category contains this")
     p.add_argument("--source", help="only patches from sources whose name or path contains this")
     p.add_argument("--json", action="store_true", help="print the results as a JSON list")
@@ -768,7 +797,8 @@ def _add_export(sub) -> None:
     p = sub.add_parser("export", help="export the encoders to ONNX (or build TensorRT engines)")
     p.add_argument("--model", help="model directory; default: the shipped model")
     p.add_argument("--out", required=True, help="export folder")
-    p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx")
+    p.add_argument("--format", choices=("onnx", "tensorrt"), default="onnx",
+                   help="onnx (default: ONNX files + manifest) or tensorrt (also build TensorRT engines)")
     p.add_argument("--fp16", action="store_true", help="half-precision weights (TensorRT: fp16 engine)")
     p.set_defaults(run=_run_export)
 
@@ -808,8 +838,19 @@ def _add_demo(sub) -> None:
     p.set_defaults(run=lambda args: __import__("timbreclip.demo", fromlist=["main"]).main(args.out))
 
 
+class _Parser(argparse.ArgumentParser):
+    """Bad flags get one line naming the flag and the problem (no usage block), exit code 2."""
+
+    def error(self, message: str):
+        import re
+
+        message = re.sub(r"^argument (\S+?)(?:/\S+)?: (\1 )", r"\2", message)  # our types name the flag already
+        print(f"timbreclip: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(2)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="timbreclip", description="Connect timbre and text: text-steered EQ, "
+    parser = _Parser(prog="timbreclip", description="Connect timbre and text: text-steered EQ, "
                                      "timbre embeddings and synth patch search.")
     parser.add_argument("--version", action="version", version=f"timbreclip {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
