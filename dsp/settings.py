@@ -209,10 +209,14 @@ class EQSettings:
                 text = f.read()
         except OSError as err:
             raise SettingsError(f"{path}: cannot read settings ({err.strerror or err})") from None
+        except UnicodeDecodeError as err:
+            raise SettingsError(f"{path}: not UTF-8 text (byte {err.start}): not an EQ settings file") from None
         try:
             data = json.loads(text)
         except json.JSONDecodeError as err:
             raise SettingsError(f"{path}: malformed JSON (line {err.lineno}, column {err.colno}: {err.msg})") from None
+        except RecursionError:
+            raise SettingsError(f"{path}: JSON nested too deeply to be EQ settings") from None
         return cls.from_dict(data, source=str(path))
 
     def save(self, path: str | os.PathLike) -> None:

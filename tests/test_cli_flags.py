@@ -39,3 +39,48 @@ def test_template_is_required_to_hold_one_placeholder_in_python_too():
     assert check_prompts(["warm"], "the sound of a {}") == ["the sound of a warm"]
     with pytest.raises(TimbreclipError, match="needs exactly one"):
         check_prompts(["warm"], "no placeholder")
+
+
+def test_output_paths_are_checked_before_any_work(tmp_path, capsys):
+    """eq/apply-eq/evaluate name a bad output path (missing folder, unknown plot format) at once, and nothing is
+    written: the audio output used to be written before the plot failed."""
+    import numpy as np
+
+    from timbreclip.dsp.audio_io import write_audio
+
+    note = tmp_path / "note.wav"
+    write_audio(note, (0.3 * np.sin(np.arange(48000) / 10)).astype(np.float32), 48000)
+    settings = tmp_path / "eq.json"
+    settings.write_text('{"sample_rate": 48000, "bands": []}')
+    out = tmp_path / "out.wav"
+    for args, fragment in (
+        (["eq", str(note), "-o", str(out), "--prompt", "warm", "--settings-out", "nodir/s.json"],
+         "--settings-out nodir/s.json: folder nodir does not exist"),
+        (["eq", str(note), "-o", str(out), "--prompt", "warm", "--plot", "nodir/p.png"], "folder nodir does not exist"),
+        (["eq", str(note), "-o", str(out), "--prompt", "warm", "--plot", str(tmp_path / "p.xyz")],
+         "unknown image format"),
+        (["apply-eq", str(note), "-o", str(out), "--settings", str(settings), "--plot", "nodir/p.png"],
+         "--plot nodir/p.png: folder nodir does not exist"),
+        (["apply-eq", str(note), "-o", str(out), "--settings", str(settings), "--plot", str(tmp_path / "p.xyz")],
+         "unknown image format"),
+        (["eq", str(tmp_path / "missing.wav"), "-o", str(out), "--prompt", "warm"], "missing.wav"),
+        (["evaluate", str(tmp_path), "--json", "nodir/r.json"], "--json nodir/r.json: folder nodir does not exist"),
+    ):
+        assert main(args) == 2, args
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and fragment in err[0], (args, err)
+        assert not out.exists()
+
+
+def test_settings_files_that_are_not_text_or_too_deep(tmp_path, capsys):
+    from timbreclip.dsp.settings import EQSettings
+    from timbreclip.dsp.errors import SettingsError
+
+    binary = tmp_path / "b.json"
+    binary.write_bytes(b"\xff\xfe\x00garbage")
+    deep = tmp_path / "d.json"
+    deep.write_text("[" * 100_000 + "]" * 100_000)
+    with pytest.raises(SettingsError, match="not UTF-8"):
+        EQSettings.load(binary)
+    with pytest.raises(SettingsError, match="nested too deeply"):
+        EQSettings.load(deep)

@@ -58,6 +58,7 @@ def _run_apply_eq(args) -> int:
     from timbreclip.dsp.engine import BiquadCascade
     from timbreclip.dsp.settings import EQSettings
 
+    _check_outputs((args.output, "-o"), (args.plot, "--plot"))
     settings = EQSettings.load(args.settings)
     rate, channels, _ = audio_info(args.input)
     try:
@@ -256,6 +257,7 @@ def _run_evaluate(args) -> int:
     from timbreclip.defaults import load_embedder
     from timbreclip.training.evaluation import evaluate_models, markdown_table
 
+    _check_outputs((args.json_out, "--json"), (args.markdown, "--markdown"), (args.plot, "--plot"))
     paths = args.model or [None]
     models = {}
     for path in paths:
@@ -343,7 +345,11 @@ def _run_eq(args) -> int:
 
     from timbreclip.defaults import load_torch_model
     from timbreclip.neural.steering import SteeringConfig
+    from timbreclip.dsp.audio_io import audio_info
     from timbreclip.text_eq import plot_eq_run, print_run, run_eq
+
+    _check_outputs((args.output, "-o"), (args.settings_out, "--settings-out"), (args.plot, "--plot"))
+    audio_info(args.input)  # a missing or corrupt input is named before the model loads
 
     prompts = _prompt_weights(args)
     config = SteeringConfig.paper() if args.paper else SteeringConfig()
@@ -374,6 +380,19 @@ def _run_eq(args) -> int:
 
 
 # -- live ---------------------------------------------------------------------------------------------------------
+_PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
+
+
+def _check_outputs(*outputs: tuple[str | None, str]) -> None:
+    """Every output path checked before any work: its folder exists and is writable; a plot's format is known."""
+    for path, flag in outputs:
+        _check_output_path(path, flag)
+        if path and flag.endswith("plot"):
+            suffix = path.rsplit(".", 1)[-1].lower() if "." in path else ""
+            if suffix not in _PLOT_FORMATS:
+                raise TimbreclipError(f"{flag} {path}: unknown image format (use {', '.join(_PLOT_FORMATS)})")
+
+
 def _check_output_path(path: str | None, flag: str) -> None:
     """Refuse an output path whose folder is missing or not writable before any work is done."""
     import os
@@ -881,3 +900,11 @@ def main(argv: list[str] | None = None) -> int:
         return _fail(str(err))
     except KeyboardInterrupt:
         return _fail("interrupted", 130)
+    except BrokenPipeError:  # the reader went away (`timbreclip eq ... | head -1`): stop quietly
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 1
+    except OSError as err:  # read-only filesystem, full disk, permissions: one line naming the file
+        where = err.filename or "output"
+        return _fail(f"{where}: {err.strerror or err}")
