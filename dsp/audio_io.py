@@ -83,20 +83,65 @@ def read_audio(path: str | os.PathLike, max_seconds: float | None = None) -> tup
 @contextlib.contextmanager
 def atomic_output(path: str | os.PathLike) -> Iterator[str]:
     """A temporary path beside ``path`` (same extension, so the format is kept); renamed onto ``path`` only if
-    the block finishes, removed otherwise."""
+    the block finishes, removed otherwise (SIGTERM and SIGHUP included: they end the block like Ctrl-C).
+
+    A symbolic link as ``path`` is written through (its target is replaced, the link stays); the new file gets the
+    mode an existing target had, else the mode a plain ``open`` would give (0666 less the umask)."""
     target = Path(path)
+    if target.is_symlink():
+        target = Path(os.path.realpath(target))
     if target.is_dir():
         raise AudioFileError(f"{path}: output path is a directory")
     if not target.parent.exists():
         raise AudioFileError(f"{path}: output folder {target.parent} does not exist")
+    if target.exists():
+        mode = target.stat().st_mode & 0o7777
+    else:
+        umask = os.umask(0)
+        os.umask(umask)
+        mode = 0o666 & ~umask
     fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=target.suffix or ".wav", dir=target.parent)
     os.close(fd)
     try:
-        yield tmp
+        with _signals_end_the_block():
+            yield tmp
+        os.chmod(tmp, mode)
         os.replace(tmp, target)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM or SIGHUP arrived: unwinds like Ctrl-C, so partial outputs are removed."""
+
+
+@contextlib.contextmanager
+def _signals_end_the_block():
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def stop(signum, frame):
+        raise Terminated(signal.Signals(signum).name)
+
+    previous = {sig: signal.signal(sig, stop) for sig in (signal.SIGTERM, signal.SIGHUP)}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
+    """Whether two paths name one file (through links); False when either does not exist."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 _DTYPE_BITS = {"int8": 8, "int16": 16, "int24": 24, "int32": 32, "float32": 32, "float64": 32}

@@ -140,3 +140,57 @@ def test_console_script_and_module(tmp_path, settings_file):
                           str(tmp_path / "o2.wav"), "--settings", str(settings_file)], capture_output=True, text=True)
     assert res.returncode == 2 and "Traceback" not in res.stderr and "no such file" in res.stderr
     assert json.loads(settings_file.read_text())["sample_rate"] == 48000
+
+
+def test_output_equal_to_input_links_modes_and_sigterm(tmp_path, capsys):
+    """-o the input is refused (unless --overwrite-input); -o a link writes through it; outputs get the mode a plain
+    open gives (or the existing target's); SIGTERM mid-write leaves no temporary file behind."""
+    import os
+    import signal
+    import stat
+    import subprocess
+    import sys
+    import time
+
+    import numpy as np
+
+    from timbreclip.cli import main
+    from timbreclip.dsp.audio_io import write_audio
+
+    note = tmp_path / "note.wav"
+    write_audio(note, (0.3 * np.sin(np.arange(48000) / 10)).astype(np.float32), 48000)
+    settings = tmp_path / "eq.json"
+    settings.write_text('{"sample_rate": 48000, "bands": [{"type": "peak", "freq_hz": 1000, "gain_db": 3}]}')
+    before = note.read_bytes()
+    assert main(["apply-eq", str(note), "-o", str(note), "--settings", str(settings)]) == 2
+    assert "is the input file" in capsys.readouterr().err
+    assert note.read_bytes() == before
+    os.chmod(note, 0o644)
+    assert main(["apply-eq", str(note), "-o", str(note), "--settings", str(settings), "--overwrite-input"]) == 0
+    assert stat.S_IMODE(note.stat().st_mode) == 0o644  # the existing file's mode is kept
+    real = tmp_path / "real.wav"
+    write_audio(real, np.zeros(100, np.float32), 48000)
+    link = tmp_path / "link.wav"
+    link.symlink_to(real)
+    assert main(["apply-eq", str(note), "-o", str(link), "--settings", str(settings)]) == 0
+    assert link.is_symlink() and real.stat().st_size > 1000
+    fresh = tmp_path / "fresh.wav"
+    old = os.umask(0o022)
+    try:
+        assert main(["apply-eq", str(note), "-o", str(fresh), "--settings", str(settings)]) == 0
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(fresh.stat().st_mode) == 0o644
+    # a long file, SIGTERM while it is being written: no hidden temporary file stays
+    long = tmp_path / "long.wav"
+    write_audio(long, (0.1 * np.random.default_rng(0).standard_normal((2, 48000 * 240))).astype(np.float32), 48000)
+    out = tmp_path / "long-eq.wav"
+    proc = subprocess.Popen([sys.executable, "-m", "timbreclip", "apply-eq", str(long), "-o", str(out), "--settings",
+                             str(settings)], stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and not list(tmp_path.glob(".long-eq.*")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=60)
+    assert proc.returncode != 0
+    assert not list(tmp_path.glob(".long-eq.*")) and not out.exists()

@@ -50,6 +50,7 @@ def _add_apply_eq(sub) -> None:
     p.add_argument("--plot", help="write a PNG of the EQ curve")
     p.add_argument("--clamp-bands", action="store_true", help="move bands at or above Nyquist to 0.45 x rate")
     p.add_argument("--allow-clipping", action="store_true", help="do not scale the output down to avoid clipping")
+    p.add_argument("--overwrite-input", action="store_true", help="allow -o to be the input file itself")
     p.set_defaults(run=_run_apply_eq)
 
 
@@ -59,6 +60,7 @@ def _run_apply_eq(args) -> int:
     from timbreclip.dsp.settings import EQSettings
 
     _check_outputs((args.output, "-o"), (args.plot, "--plot"))
+    _check_not_input(args)
     settings = EQSettings.load(args.settings)
     rate, channels, _ = audio_info(args.input)
     try:
@@ -337,6 +339,7 @@ def _add_eq(sub) -> None:
                    help="seconds of the file the EQ listens to (default 60)")
     p.add_argument("--model", help="model directory; default: the shipped model")
     p.add_argument("--seed", type=int, default=0, help="random seed of the fit (default 0)")
+    p.add_argument("--overwrite-input", action="store_true", help="allow -o to be the input file itself")
     p.set_defaults(run=_run_eq, prompts=None)
 
 
@@ -349,6 +352,7 @@ def _run_eq(args) -> int:
     from timbreclip.text_eq import plot_eq_run, print_run, run_eq
 
     _check_outputs((args.output, "-o"), (args.settings_out, "--settings-out"), (args.plot, "--plot"))
+    _check_not_input(args)
     audio_info(args.input)  # a missing or corrupt input is named before the model loads
 
     prompts = _prompt_weights(args)
@@ -380,6 +384,14 @@ def _run_eq(args) -> int:
 
 
 # -- live ---------------------------------------------------------------------------------------------------------
+def _check_not_input(args) -> None:
+    """-o naming the input (directly or through a link) would destroy the source: refused unless asked for."""
+    from timbreclip.dsp.audio_io import same_file
+
+    if same_file(args.input, args.output) and not args.overwrite_input:
+        raise TimbreclipError(f"-o {args.output}: is the input file; write elsewhere, or pass --overwrite-input")
+
+
 _PLOT_FORMATS = ("png", "pdf", "svg", "jpg", "jpeg")
 
 
