@@ -30,9 +30,50 @@ def _open(path: str | os.PathLike):
     if p.is_dir():
         raise AudioFileError(f"{path}: is a directory, not an audio file")
     try:
-        return AudioFile(str(p))
+        f = AudioFile(str(p))
     except Exception as err:  # pedalboard raises ValueError/RuntimeError for unsupported or corrupt data
         raise AudioFileError(f"{path}: cannot read audio ({_first_line(err)})") from None
+    missing = _missing_bytes(p)
+    if missing:
+        f.close()
+        raise AudioFileError(f"{path}: truncated: its header declares {missing[0]} bytes of audio but only "
+                             f"{missing[1]} are there (the reader would fill the rest with silence)")
+    return f
+
+
+def _missing_bytes(path: Path) -> tuple[int, int] | None:
+    """For WAV and AIFF: (declared, present) audio bytes when the file holds less than its header declares."""
+    import struct
+
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(12)
+            if len(head) < 12:
+                return None
+            if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+                little, data_id, skip = True, b"data", 0
+            elif head[:4] == b"FORM" and head[8:12] in (b"AIFF", b"AIFC"):
+                little, data_id, skip = False, b"SSND", 8  # SSND starts with offset and block size
+            else:
+                return None
+            position = 12
+            while position + 8 <= size:
+                f.seek(position)
+                chunk = f.read(8)
+                if len(chunk) < 8:
+                    return None
+                length = struct.unpack("<I" if little else ">I", chunk[4:])[0]
+                if chunk[:4] == data_id:
+                    declared = length - skip
+                    present = max(0, size - position - 8 - skip)
+                    if declared == 0xFFFFFFFF or declared <= present:  # 0xFFFFFFFF: size unknown (streamed)
+                        return None
+                    return declared, present
+                position += 8 + length + (length & 1)
+    except OSError:
+        return None
+    return None
 
 
 def _first_line(err: BaseException) -> str:

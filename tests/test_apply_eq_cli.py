@@ -194,3 +194,29 @@ def test_output_equal_to_input_links_modes_and_sigterm(tmp_path, capsys):
     proc.wait(timeout=60)
     assert proc.returncode != 0
     assert not list(tmp_path.glob(".long-eq.*")) and not out.exists()
+
+
+def test_truncated_wav_files_are_refused(tmp_path, capsys):
+    """A header that claims audio the file does not hold (header-only, or cut in half) is refused with one line,
+    instead of being read as silence."""
+    import numpy as np
+
+    from timbreclip.cli import main
+    from timbreclip.dsp.audio_io import write_audio
+
+    note = tmp_path / "note.wav"
+    write_audio(note, (0.3 * np.sin(np.arange(48000) / 10)).astype(np.float32), 48000, bit_depth=16)
+    data = note.read_bytes()
+    half = tmp_path / "half.wav"
+    half.write_bytes(data[: len(data) // 2])
+    header_only = tmp_path / "header.wav"
+    header_only.write_bytes(data[:44])
+    settings = tmp_path / "eq.json"
+    settings.write_text('{"sample_rate": 48000, "bands": []}')
+    for bad in (half, header_only):
+        out = tmp_path / f"out-{bad.stem}.wav"
+        assert main(["apply-eq", str(bad), "-o", str(out), "--settings", str(settings)]) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and "truncated" in err[0] and str(bad) in err[0]
+        assert not out.exists()
+    assert main(["apply-eq", str(note), "-o", str(tmp_path / "ok.wav"), "--settings", str(settings)]) == 0
