@@ -275,3 +275,20 @@ def process_file(
         "peak": out_peak,
         "scale_db": 20.0 * math.log10(scale),
     }
+
+
+MIN_LISTEN_SECONDS = 0.05  # shorter than this, there is no timbre to hear
+SILENT_PEAK_DBFS = -80.0  # a peak below this is silence (or a noise floor)
+
+
+def check_listenable(audio: np.ndarray, rate: float, path: str | os.PathLike) -> None:
+    """Refuse audio too short or too quiet to describe: what the model would say of it means nothing (a silent
+    file scored higher "bright" than a real note). One rule for eq, embed and similarity."""
+    from .descriptors import peak_dbfs
+
+    if audio.shape[-1] < MIN_LISTEN_SECONDS * rate:
+        raise AudioFileError(f"{path}: too short ({audio.shape[-1] / rate * 1000:.0f} ms; at least "
+                             f"{MIN_LISTEN_SECONDS * 1000:.0f} ms needed)")
+    level = peak_dbfs(audio)
+    if level < SILENT_PEAK_DBFS:
+        raise AudioFileError(f"{path}: silent (peak {max(level, -240):.0f} dBFS)")

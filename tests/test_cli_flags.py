@@ -25,9 +25,7 @@ from timbreclip.cli import main
     (["dataset", "render", "--soundfont", "x.sf2", "--out", "d", "--processes", "0"], "--processes 0: must be >= 1"),
 ])
 def test_bad_flags_are_one_line_and_exit_2(args, fragment, capsys):
-    with pytest.raises(SystemExit) as stop:
-        main(args)
-    assert stop.value.code == 2
+    assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and fragment in err[0], err
 
@@ -84,3 +82,23 @@ def test_settings_files_that_are_not_text_or_too_deep(tmp_path, capsys):
         EQSettings.load(binary)
     with pytest.raises(SettingsError, match="nested too deeply"):
         EQSettings.load(deep)
+
+
+def test_embed_and_similarity_refuse_silent_and_tiny_files_unless_allowed(tmp_path, capsys):
+    import json
+
+    import numpy as np
+
+    from timbreclip.dsp.audio_io import write_audio
+
+    silent = tmp_path / "silent.wav"
+    write_audio(silent, np.zeros(48000, np.float32), 48000)
+    tiny = tmp_path / "tiny.wav"
+    write_audio(tiny, (0.5 * np.ones(480)).astype(np.float32), 48000)  # 10 ms
+    for command in (["embed", str(silent)], ["similarity", str(silent), "--text", "bright"]):
+        assert main(command) == 2
+        assert "silent" in capsys.readouterr().err
+    assert main(["embed", str(tiny)]) == 2
+    assert "too short (10 ms" in capsys.readouterr().err
+    assert main(["embed", str(silent), "--allow-silent"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1

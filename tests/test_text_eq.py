@@ -113,7 +113,7 @@ def test_eq_cli_end_to_end_and_replay(model_dir, tmp_path, capsys):
 @pytest.mark.parametrize("case, args, fragment", [
     ("empty prompt", ["--prompt", ""], "empty"),
     ("whitespace prompt", ["--prompt", "   "], "empty"),
-    ("negative weight", ["--prompt", "warm", "--weight", "-1"], "weights must be >= 0"),
+    ("negative weight", ["--prompt", "warm", "--weight", "-1"], "--weight -1: must be a finite number >= 0"),
     ("zero weights", ["--prompt", "warm", "--weight", "0"], "every prompt weight is 0"),
     ("no prompt", [], "give at least one --prompt"),
 ])

@@ -113,7 +113,9 @@ def _add_embed(sub) -> None:
     p.add_argument("files", nargs="*", metavar="FILE", help="audio files")
     p.add_argument("--text", action="append", default=[], help="a text to embed (repeatable)")
     p.add_argument("--template", type=_template, help='prompt template with one {}, e.g. "the sound of a {}"')
-    p.add_argument("--json", action="store_true", help="JSON output (the default and only format)")
+    p.add_argument("--json", action="store_true",
+                   help="JSON output; it is also the default (a list of {\"input\", \"embedding\"})")
+    p.add_argument("--allow-silent", action="store_true", help="embed silent or very short files too")
     _add_model_args(p)
     p.set_defaults(run=_run_embed)
 
@@ -122,14 +124,19 @@ def _run_embed(args) -> int:
     import json
 
     from timbreclip.defaults import load_embedder
-    from timbreclip.dsp.audio_io import read_audio
+    from timbreclip.dsp.audio_io import check_listenable, read_audio
 
     if not args.files and not args.text:
         raise TimbreclipError("give audio files and/or --text")
-    embedder = load_embedder(args.model, args.backend)
     out = []
-    for path in args.files:
+    audios = []
+    for path in args.files:  # every file is checked before the model loads
         audio, rate = read_audio(path)
+        if not args.allow_silent:
+            check_listenable(audio, rate, path)
+        audios.append((path, audio, rate))
+    embedder = load_embedder(args.model, args.backend)
+    for path, audio, rate in audios:
         out.append({"input": path, "embedding": [round(float(v), 6) for v in embedder.embed_audio(audio, rate)]})
     if args.text:
         for text, z in zip(args.text, embedder.embed_text(args.text, template=args.template)):
@@ -144,6 +151,7 @@ def _add_similarity(sub) -> None:
     p.add_argument("--text", action="append", required=True, help="a text (repeatable)")
     p.add_argument("--template", type=_template, help='prompt template with one {}, e.g. "the sound of a {}"')
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--allow-silent", action="store_true", help="score silent or very short files too")
     _add_model_args(p)
     p.set_defaults(run=_run_similarity)
 
@@ -152,10 +160,12 @@ def _run_similarity(args) -> int:
     import json
 
     from timbreclip.defaults import load_embedder
-    from timbreclip.dsp.audio_io import read_audio
+    from timbreclip.dsp.audio_io import check_listenable, read_audio
 
-    embedder = load_embedder(args.model, args.backend)
     audio, rate = read_audio(args.file)
+    if not args.allow_silent:
+        check_listenable(audio, rate, args.file)
+    embedder = load_embedder(args.model, args.backend)
     scores = embedder.embed_text(args.text, template=args.template) @ embedder.embed_audio(audio, rate)
     if args.json:
         print(json.dumps([{"text": t, "similarity": round(float(s), 6)} for t, s in zip(args.text, scores)]))
@@ -904,7 +914,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # a bad flag (one line already printed), or --help / --version
+        return int(stop.code or 0)
     warnings.showwarning = _warn
     try:
         return args.run(args)

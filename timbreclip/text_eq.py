@@ -9,13 +9,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from timbreclip import __version__
-from timbreclip.dsp.audio_io import read_audio, write_audio
+from timbreclip.dsp.audio_io import check_listenable, read_audio, write_audio
 from timbreclip.dsp.descriptors import peak_dbfs
 from timbreclip.dsp.errors import AudioFileError
 from timbreclip.dsp.settings import EQSettings
 
-MIN_SECONDS = 0.05
-SILENCE_DBFS = -80.0
 
 
 def loudness_lufs(audio: np.ndarray, rate: float) -> float:
@@ -46,10 +44,10 @@ def run_eq(in_path: str, out_path: str, prompts: dict[str, float], model, source
 
     plugin = TextEQ(prompts, model, source_weight, config, max_seconds=excerpt_seconds)  # checks prompts first
     audio, rate = read_audio(in_path)
-    if audio.shape[-1] < MIN_SECONDS * rate:
-        raise AudioFileError(f"{in_path}: too short ({audio.shape[-1] / rate * 1000:.0f} ms; at least 50 ms needed)")
-    if peak_dbfs(audio) < SILENCE_DBFS:
-        raise AudioFileError(f"{in_path}: silent (peak {peak_dbfs(audio):.0f} dBFS): nothing to steer")
+    try:
+        check_listenable(audio, rate, in_path)
+    except AudioFileError as err:
+        raise AudioFileError(f"{err}: nothing to steer") from None
     settings = plugin.fit(audio, rate)
     y = settings(audio, rate)  # the numba engine, in chunks
     gain_db = 0.0
