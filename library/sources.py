@@ -41,8 +41,9 @@ class SourceReport:
     status: str  # "added", "unchanged", "skipped"
     patches: int = 0
     notes: int = 0
-    skipped: list[str] = field(default_factory=list)  # "file: why" for files left out
+    skipped: list[str] = field(default_factory=list)  # "file: why" for files left out (unreadable, broken)
     error: str | None = None
+    silent: list[str] = field(default_factory=list)  # presets that made no sound at any index pitch (not errors)
 
 
 def discover_installed(extra_dirs: list[str] | None = None) -> list[str]:
@@ -135,7 +136,7 @@ def _soundfont_patches(path: str, embed, frontend, pitches, processes: int, prog
     jobs = [(path, p.bank, p.program, tuple(pitches), frontend.sample_rate) for p in presets]
     by_key = {(p.bank, p.program): p for p in presets}
     bar = tqdm(total=len(jobs), unit="preset", desc=Path(path).name, disable=not progress, leave=False)
-    rendered, skipped = [], []
+    rendered, skipped, silent = [], [], []
     if processes > 1 and len(jobs) > 1:
         with get_context("spawn").Pool(processes) as pool:
             for result in pool.imap(_render_job, jobs, chunksize=2):
@@ -149,14 +150,17 @@ def _soundfont_patches(path: str, embed, frontend, pitches, processes: int, prog
     patches = []
     for bank, program, notes, error in rendered:
         preset = by_key[(bank, program)]
-        if error or not notes:
-            skipped.append(f"preset {bank}:{program} {preset.name!r}: {error or 'silent at every index pitch'}")
+        if error:
+            skipped.append(f"preset {bank}:{program} {preset.name!r}: {error}")
+            continue
+        if not notes:
+            silent.append(f"preset {bank}:{program} {preset.name!r}")
             continue
         emb = embed(_clips([a for _, a in notes], frontend.window_samples))
         patches.append(PatchRecord(title=preset_title(preset), category=gm_family(program),
                                    instrument=GM_INSTRUMENTS[program], tags=[], bank=bank, program=program,
                                    notes=[(float(p), e) for (p, _), e in zip(notes, emb)]))
-    return patches, skipped
+    return patches, skipped, silent
 
 
 def _sample_patches(path: str, embed, frontend, progress: bool):
@@ -266,8 +270,9 @@ def add_sources(library: Library, paths: list[str], embedder, fingerprint: str, 
             if have and have["content_hash"] == digest and library.model_fingerprint() == fingerprint and not force:
                 reports.append(SourceReport(path, kind, "unchanged"))
                 continue
+            silent: list[str] = []
             if kind == "soundfont":
-                patches, skipped = _soundfont_patches(path, embed, frontend, pitches, processes, progress)
+                patches, skipped, silent = _soundfont_patches(path, embed, frontend, pitches, processes, progress)
             elif kind == "samples":
                 patches, skipped = _sample_patches(path, embed, frontend, progress)
             else:
@@ -280,5 +285,6 @@ def add_sources(library: Library, paths: list[str], embedder, fingerprint: str, 
             continue
         name = Path(path).stem if kind == "soundfont" else Path(path).name
         library.replace_source(path, kind, name, digest, patches, fingerprint, skipped)
-        reports.append(SourceReport(path, kind, "added", len(patches), sum(len(p.notes) for p in patches), skipped))
+        reports.append(SourceReport(path, kind, "added", len(patches), sum(len(p.notes) for p in patches), skipped,
+                                    silent=silent))
     return list(reports)

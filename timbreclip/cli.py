@@ -637,6 +637,8 @@ def _print_report(r) -> None:
         print(f"skipped {r.error}", file=sys.stderr, flush=True)
     for item in r.skipped:
         print(f"  left out {item}", file=sys.stderr, flush=True)
+    for item in r.silent:
+        print(f"  silent at every index pitch, not added: {item}", flush=True)
 
 
 def _summarise_reports(reports) -> int:
