@@ -17,7 +17,7 @@ import numpy as np
 ANN_MIN_NOTES = 1_000_000
 HNSW_M = 32
 EF_CONSTRUCTION = 80
-EF_SEARCH = 128
+EF_SEARCH = 2048  # measured: 128 -> 0.44 patch recall@10, 512 -> 0.83, 2048 -> 0.99 at 200k clustered notes
 
 
 def available() -> bool:

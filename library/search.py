@@ -100,7 +100,8 @@ class PatchSearch:
         approximate = (pitch is None and not (category or source or keep)
                        and len(index.note_emb) >= self.ann_min_notes and self._ann_ready())
         if approximate:  # the nearest notes from the HNSW index; each patch keeps its best (they come best first)
-            sims, ids = self._ann.nearest_notes(z, max(256, 32 * top))
+            # the top patches' best notes lie among the (most notes a patch has x top) best notes overall
+            sims, ids = self._ann.nearest_notes(z, max(1, int(np.diff(self._starts).max())) * top)
             patches = index.note_patch[ids]
             first = np.unique(patches, return_index=True)[1]
             scores = np.full(self._n, -np.inf, np.float32)
