@@ -91,7 +91,16 @@ def test_checkpoint_round_trip_is_bit_exact(tiny, minilm, tmp_path):
     np.testing.assert_array_equal(again.embed_audio(note, 16000), tiny.embed_audio(note, 16000))
     np.testing.assert_array_equal(again.embed_text(["pad"]), tiny.embed_text(["pad"]))
     assert json.loads((tmp_path / "m" / "config.json").read_text())["provenance"]["note"] == "test"
-    assert again.fingerprint() == again.fingerprint() and len(again.fingerprint()) == 64
+    import hashlib
+
+    weights = (tmp_path / "m" / "model.safetensors").read_bytes()
+    assert again.fingerprint() == hashlib.sha256(weights).hexdigest()  # the weights file's hash
+    unsaved = TimbreCLIP.load(tmp_path / "m")
+    unsaved.source_path = None
+    before = unsaved.fingerprint()  # hash of the weights themselves
+    with torch.no_grad():
+        next(unsaved.audio.parameters()).add_(1.0)
+    assert unsaved.fingerprint() != before
 
 
 def test_text_encoder_is_frozen(tiny):

@@ -1,12 +1,13 @@
 """The shipped default model: present as package data, small, safe to load, used when --model is omitted."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from timbreclip.cli import main
-from timbreclip.defaults import SHIPPED_MODEL_DIR, default_model_path
+from timbreclip.defaults import SHIPPED_MODEL_DIR
 from timbreclip.neural.model import TimbreCLIP
 
 
@@ -22,10 +23,10 @@ def test_shipped_files_are_small_safetensors_with_provenance():
 
 
 def test_default_model_is_used_without_model_flag(capsys):
-    assert default_model_path() == SHIPPED_MODEL_DIR
     assert main(["embed", "--text", "warm pad", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
-    assert len(out[0]["embedding"]) == TimbreCLIP.load(SHIPPED_MODEL_DIR).dim
+    shipped = TimbreCLIP.load(SHIPPED_MODEL_DIR).embed_text(["warm pad"])[0]
+    np.testing.assert_allclose(out[0]["embedding"], shipped, atol=1e-6)  # the command used the shipped weights
 
 
 def test_shipped_model_knows_pitch_independent_brightness():
@@ -60,3 +61,19 @@ def test_shipped_model_steers_an_unheard_tone_the_way_the_word_says(prompt, meas
     out = TextEQ({prompt: 1.0}, model)(tone, rate)
     f = spectral_centroid_hz if measure == "centroid" else low_energy_share
     assert sign * (f(out, rate) - f(tone, rate)) > 0, (prompt, f(tone, rate), f(out, rate))
+
+
+def test_shipped_model_outputs_match_the_stored_golden_values():
+    """Regression: the shipped model's embeddings of fixed inputs against values stored when it shipped (a change
+    to the front end, the encoders or the weights that moves them fails here)."""
+    golden = json.loads((Path(__file__).parent / "golden" / "shipped_embeddings.json").read_text())
+    model = TimbreCLIP.load(SHIPPED_MODEL_DIR)
+    assert model.fingerprint() == golden["fingerprint"]
+    t = np.arange(16000 * 2) / 16000
+    tones = {"saw_220": (sum(np.sin(2 * np.pi * 220 * k * t) / k for k in range(1, 30)) * 0.2 * np.exp(-t)),
+             "sine_880": 0.3 * np.sin(2 * np.pi * 880 * t)}
+    for name, x in tones.items():
+        np.testing.assert_allclose(model.embed_audio(x.astype(np.float32), 16000), golden["audio"][name], atol=2e-4,
+                                   err_msg=name)
+    for text, want in golden["text"].items():
+        np.testing.assert_allclose(model.embed_text([text])[0], want, atol=2e-4, err_msg=text)
