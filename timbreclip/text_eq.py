@@ -94,7 +94,8 @@ def plot_eq_run(run: EQRun, in_audio: np.ndarray, out_audio: np.ndarray, rate: f
     plt.close(fig)
 
 
-def print_run(run: EQRun, out=sys.stdout) -> None:
+def print_run(run: EQRun, out=None) -> None:
+    out = sys.stdout if out is None else out  # looked up per call: stdout may be replaced after import
     r = run.result
     print(f"EQ found in {r.steps} steps, {r.seconds:.2f} s: cosine distance to target {r.distance_before:.4f} -> "
           f"{r.distance_after:.4f}", file=out)
