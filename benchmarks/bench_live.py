@@ -75,7 +75,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print(f"| frames | period | steering | callback p50 / p99 / max (us) | p99 share | xruns (stream / server) | "
+    print("| frames | period | steering | callback p50 / p99 / max (us) | p99 share | xruns (stream / server) | "
           f"updates | update latency p50 / p95 (s) | process CPU | CPU steal |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:

@@ -250,25 +250,23 @@ def add_sources(library: Library, paths: list[str], embedder, fingerprint: str, 
 
     reports: list[SourceReport] = []
 
-    class _Reports(list):
-        def append(self, report: SourceReport) -> None:
-            super().append(report)
-            if on_report is not None:
-                on_report(report)
+    def done(report: SourceReport) -> None:
+        reports.append(report)
+        if on_report is not None:
+            on_report(report)
 
-    reports = _Reports()
     for raw in paths:
         try:
             kind = source_kind(raw)
         except TimbreclipError as err:
-            reports.append(SourceReport(str(raw), "?", "skipped", error=str(err)))
+            done(SourceReport(str(raw), "?", "skipped", error=str(err)))
             continue
         path = str(Path(raw).resolve())
         try:
             digest = content_hash(path, kind)
             have = library.source(path)
             if have and have["content_hash"] == digest and library.model_fingerprint() == fingerprint and not force:
-                reports.append(SourceReport(path, kind, "unchanged"))
+                done(SourceReport(path, kind, "unchanged"))
                 continue
             silent: list[str] = []
             if kind == "soundfont":
@@ -278,13 +276,13 @@ def add_sources(library: Library, paths: list[str], embedder, fingerprint: str, 
             else:
                 patches, skipped = _patch_folder_patches(path, embed, frontend, progress)
         except TimbreclipError as err:
-            reports.append(SourceReport(path, kind, "skipped", error=str(err)))
+            done(SourceReport(path, kind, "skipped", error=str(err)))
             continue
         except OSError as err:
-            reports.append(SourceReport(path, kind, "skipped", error=f"{path}: {err.strerror or err}"))
+            done(SourceReport(path, kind, "skipped", error=f"{path}: {err.strerror or err}"))
             continue
         name = Path(path).stem if kind == "soundfont" else Path(path).name
         library.replace_source(path, kind, name, digest, patches, fingerprint, skipped)
-        reports.append(SourceReport(path, kind, "added", len(patches), sum(len(p.notes) for p in patches), skipped,
+        done(SourceReport(path, kind, "added", len(patches), sum(len(p.notes) for p in patches), skipped,
                                     silent=silent))
-    return list(reports)
+    return reports

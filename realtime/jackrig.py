@@ -53,7 +53,7 @@ class JackServer:
         self._previous_env = os.environ.get("JACK_DEFAULT_SERVER")
 
     def start(self, timeout_s: float = 10.0) -> "JackServer":
-        import jack
+        import jack  # noqa: F401
 
         command = ["jackd", "-n", self.name, "-S", "-p", "64"] + ([] if self.realtime else ["-r"]) + \
             ["-d", "dummy", "-r", str(self.rate), "-p", str(self.period)]
@@ -121,7 +121,7 @@ class PortRig:
     """
 
     def __init__(self, server: JackServer, name: str = "rig") -> None:
-        import jack
+        import jack  # noqa: F401
 
         self.client = jack.Client(name, no_start_server=True, servername=server.name)
         self.server = server

@@ -16,7 +16,6 @@ lands at a simulated time), so a "live take" renders faster than real time and t
 
 from __future__ import annotations
 
-import math
 import os
 import queue
 import threading
@@ -145,7 +144,6 @@ class LiveEQ:
         self.block_us = np.zeros(TIMING_SLOTS, np.float64)
         self.blocks = 0
         self.xruns = 0
-        self.status_flags: list[str] = []  # written by the control thread from xrun_flags
         self.xrun_flags = np.zeros(5, np.int64)  # input underflow, input overflow, output underflow/overflow, priming
         # control state
         self.prompts = dict(config.prompts)

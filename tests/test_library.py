@@ -2,7 +2,6 @@
 files, search ordering, pitch-aware scoring and the JSON layout."""
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
