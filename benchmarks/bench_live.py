@@ -76,7 +76,7 @@ def main() -> None:
         print(json.dumps(rows, indent=2))
         return
     print("| frames | period | steering | callback p50 / p99 / max (us) | p99 share | xruns (stream / server) | "
-          f"updates | update latency p50 / p95 (s) | process CPU | CPU steal |")
+          "updates | update latency p50 / p95 (s) | process CPU | CPU steal |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         us, lat = r["callback_us"], r["update_latency_s"]
