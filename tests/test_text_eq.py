@@ -140,3 +140,21 @@ def test_eq_bad_audio(model_dir, tmp_path, capsys, case, fragment):
     assert main(["eq", str(src), "-o", str(out), "--prompt", "warm", "--model", str(model_dir)]) == 2
     err = capsys.readouterr().err.strip()
     assert fragment in err and str(src) in err and err.count("\n") == 0 and not out.exists()
+
+
+def test_eq_on_a_six_channel_file(model_dir, tmp_path, capsys):
+    """5.1 audio: loudness is measured per channel past the meter's 5 (summed as BS.1770 sums channels), so the
+    fit's output is loudness-matched instead of failing after the fit."""
+    from timbreclip.text_eq import loudness_lufs
+
+    x = _note(channels=2)
+    six = np.concatenate([x, x, x], axis=0)  # 6 channels
+    src, out = tmp_path / "six.wav", tmp_path / "six-warm.wav"
+    write_audio(src, six, 44100)
+    assert main(["eq", str(src), "-o", str(out), "--prompt", "warm", "--model", str(model_dir)]) == 0
+    y, _ = read_audio(str(out))
+    assert y.shape == six.shape
+    assert loudness_lufs(y, 44100) == pytest.approx(loudness_lufs(six, 44100), abs=0.5)
+    # the per-channel rule agrees with the meter where both apply: two identical stereo pairs = +3 dB
+    assert loudness_lufs(np.concatenate([x, x, x]), 44100) == pytest.approx(loudness_lufs(x, 44100) + 10 * np.log10(3),
+                                                                             abs=0.1)

@@ -16,14 +16,26 @@ from timbreclip.dsp.settings import EQSettings
 
 
 
+METER_MAX_CHANNELS = 5  # what pyloudnorm's BS.1770 meter takes
+
+
 def loudness_lufs(audio: np.ndarray, rate: float) -> float:
-    """ITU-R BS.1770 integrated loudness (pyloudnorm); for audio under 0.4 s, the K-weighted-free RMS in dB."""
+    """ITU-R BS.1770 integrated loudness (pyloudnorm); for audio under 0.4 s, the K-weighted-free RMS in dB.
+
+    Past 5 channels (the meter's limit) each channel is measured on its own and the powers are summed with weight 1
+    (BS.1770's sum over channels, gated per channel): any channel count a file format allows gets a loudness."""
     import pyloudnorm
 
-    x = audio.T.astype(np.float64)
-    if audio.shape[-1] < int(0.4 * rate):
-        return 10 * math.log10(float(np.mean(audio.astype(np.float64) ** 2)) + 1e-12)
-    value = pyloudnorm.Meter(rate).integrated_loudness(x)
+    x = np.atleast_2d(audio).astype(np.float64)
+    if x.shape[-1] < int(0.4 * rate):
+        return 10 * math.log10(float(np.mean(x ** 2)) + 1e-12)
+    meter = pyloudnorm.Meter(rate)
+    if x.shape[0] <= METER_MAX_CHANNELS:
+        value = meter.integrated_loudness(x.T)
+    else:
+        per_channel = [meter.integrated_loudness(c) for c in x]
+        powers = [10 ** ((v + 0.691) / 10) for v in per_channel if math.isfinite(v)]
+        value = 10 * math.log10(sum(powers)) - 0.691 if powers else -math.inf
     return float(value) if math.isfinite(value) else -120.0
 
 
