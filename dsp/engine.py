@@ -33,7 +33,24 @@ from .handoff import CoefficientHandoff, take
 from .kernels import steady_kernel
 
 
-GLIDE_SECONDS = 0.020  # default coefficient/gain glide: long enough to be click-free, short enough to feel immediate
+GLIDE_SECONDS = 0.020
+MAX_GENERATED_SECTIONS = 32  # past this, a generic kernel: a generated one would take long to compile for little
+
+
+@numba.njit(cache=True)
+def _generic_steady(x, out, sos, state, gain):  # pragma: no cover - compiled
+    """The steady kernel for any section count (same arithmetic, in the same order, as the generated ones)."""
+    channels, frames = x.shape
+    sections = sos.shape[0]
+    for c in range(channels):
+        for n in range(frames):
+            v = np.float64(x[c, n])
+            for s in range(sections):
+                y = sos[s, 0] * v + state[c, s, 0]
+                state[c, s, 0] = sos[s, 1] * v - sos[s, 4] * y + state[c, s, 1]
+                state[c, s, 1] = sos[s, 2] * v - sos[s, 5] * y
+                v = y
+            out[c, n] = v * gain  # default coefficient/gain glide: long enough to be click-free, short enough to feel immediate
 
 
 @numba.njit(cache=True)
@@ -162,7 +179,8 @@ class BiquadCascade:
         self.counters = np.zeros(4, dtype=np.int64)  # blocks processed, seq / tag / block index of the last take
         self.handoff = CoefficientHandoff(first.shape[0])
         self._take_args = self.handoff.arrays()
-        self._steady = steady_kernel(first.shape[0])
+        sections = first.shape[0]
+        self._steady = steady_kernel(sections) if sections <= MAX_GENERATED_SECTIONS else _generic_steady
         self._control_sos = first.copy()  # control side: what was last published
         self._control_gain_db = float(output_gain_db)
         self.max_block_frames: int | None = None

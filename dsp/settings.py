@@ -27,6 +27,8 @@ from .biquad import BAND_TYPES, GAIN_TYPES, design_sos
 from .errors import SettingsError
 
 CLAMP_FRACTION = 0.45  # where --clamp-bands moves a band that does not fit below Nyquist
+MAX_GAIN_DB = 48.0  # a band's gain and the output gain: beyond this it is a typo, not an EQ
+MAX_BANDS = 256
 CHUNK_FRAMES = 1 << 16  # bounded per-call block when playing a whole array
 
 
@@ -50,6 +52,9 @@ class Band:
             raise SettingsError(f"band {self.type} has freq_hz {self.freq_hz} <= 0")
         if self.q <= 0:
             raise SettingsError(f"band {self.type} at {self.freq_hz:g} Hz has q {self.q} <= 0")
+        if abs(self.gain_db) > MAX_GAIN_DB:
+            raise SettingsError(f"band {self.type} at {self.freq_hz:g} Hz has gain_db {self.gain_db:g}: beyond "
+                                f"+-{MAX_GAIN_DB:g} dB")
 
     def describe(self) -> str:
         gain = f" {self.gain_db:+.1f} dB" if self.type in GAIN_TYPES else ""
@@ -78,6 +83,10 @@ class EQSettings:
             raise SettingsError(f"sample_rate must be a positive number, got {self.sample_rate!r}")
         if not math.isfinite(self.output_gain_db):
             raise SettingsError(f"output_gain_db is not finite: {self.output_gain_db!r}")
+        if abs(self.output_gain_db) > MAX_GAIN_DB:
+            raise SettingsError(f"output_gain_db {self.output_gain_db:g} is beyond +-{MAX_GAIN_DB:g} dB")
+        if len(self.bands) > MAX_BANDS:
+            raise SettingsError(f"{len(self.bands)} bands: at most {MAX_BANDS}")
         self.check_nyquist(self.sample_rate)
 
     # -- validation and re-design -------------------------------------------------------------------------------

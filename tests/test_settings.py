@@ -91,3 +91,31 @@ def test_plugin_call_and_attributes(rng):
     stereo = eq(np.stack([x, x]), 48000)
     assert stereo.shape == (2, 48000)
     np.testing.assert_array_equal(stereo[0], y)
+
+
+def test_absurd_gains_and_band_counts_are_refused():
+    """gain_db 1000 used to give an output scaled by -518 dB; 1,000 bands ran for minutes generating a kernel."""
+    from timbreclip.dsp.settings import MAX_BANDS
+
+    for data, fragment in (
+        ({"sample_rate": 48000, "bands": [{"type": "peak", "freq_hz": 1000, "gain_db": 1000}]}, "beyond \\+-48 dB"),
+        ({"sample_rate": 48000, "bands": [{"type": "peak", "freq_hz": 1000, "gain_db": -100}]}, "beyond \\+-48 dB"),
+        ({"sample_rate": 48000, "bands": [], "output_gain_db": 200}, "output_gain_db 200 is beyond"),
+        ({"sample_rate": 48000, "bands": [{"type": "peak", "freq_hz": 1000}] * (MAX_BANDS + 1)}, "at most 256"),
+    ):
+        with pytest.raises(SettingsError, match=fragment):
+            EQSettings.from_dict(data)
+
+
+def test_many_bands_use_the_generic_kernel_and_match_sosfilt(rng):
+    import scipy.signal
+
+    from timbreclip.dsp.engine import MAX_GENERATED_SECTIONS, BiquadCascade, _generic_steady
+
+    settings = EQSettings(48000.0, random_bands(rng, 48000.0, n=MAX_GENERATED_SECTIONS + 8,
+                                                types=("peak",), gain=3.0, q=(0.5, 2.0)))
+    x = rng.standard_normal((2, 4000)).astype(np.float32) * 0.1
+    cascade = BiquadCascade(settings.sos(), 2)
+    assert cascade._steady is _generic_steady
+    want = scipy.signal.sosfilt(settings.sos(), x.astype(np.float64), axis=-1)
+    np.testing.assert_allclose(cascade.process(x), want, atol=1e-5 * max(1.0, np.abs(want).max()))
