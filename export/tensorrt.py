@@ -14,7 +14,7 @@ from timbreclip.neural.frontend import FrontEnd
 from timbreclip.neural.model import TimbreCLIP
 from timbreclip.neural.text import check_prompts
 
-from .backends import WindowEmbedder, ensure_export
+from .base import WindowEmbedder, ensure_export
 from .onnx_export import ExportError
 
 MAX_BATCH, MAX_TOKENS = 64, 128
