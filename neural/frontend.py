@@ -169,3 +169,15 @@ def prepare_audio(audio, sample_rate: float, config: FrontEndConfig) -> np.ndarr
     padded = np.zeros(windows * n, np.float32)
     padded[: len(x)] = x
     return padded.reshape(windows, n)
+
+
+def load_clips(paths: list, sample_rate: int, samples: int) -> np.ndarray:
+    """Mono clips at ``sample_rate``, padded or cut to ``samples``: ``(clips, samples)`` float32."""
+    from timbreclip.dsp.audio_io import read_audio
+
+    out = np.zeros((len(paths), samples), np.float32)
+    for i, p in enumerate(paths):
+        audio, rate = read_audio(p, max_seconds=samples / sample_rate + 0.1)
+        mono = resample(audio.mean(axis=0), rate, sample_rate)[:samples]
+        out[i, : len(mono)] = mono
+    return out

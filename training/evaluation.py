@@ -26,7 +26,6 @@ import hashlib
 import json
 import math
 import os
-import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +34,9 @@ import torch
 
 from timbreclip.dsp.cache import user_cache_dir
 from timbreclip.library.scoring import patch_scores
+from timbreclip.neural.frontend import load_clips
+
+from .labels import strip_index
 from timbreclip.neural.embedder import embed_windows
 
 KS = (1, 5, 10, 50)
@@ -42,15 +44,6 @@ CURVE_KS = (1, 2, 5, 10, 20, 50, 100, 200)
 QUERY_TYPES = ("title", "title_category", "category")
 SECTION_NAMES = {"title": "TITLE", "title_category": "TITLE + CATEGORY", "category": "CATEGORY"}
 BOOTSTRAP = 1000
-
-_TRAILING_INDEX = re.compile(r"[\s_-]*\d+$")
-
-
-def strip_index(title: str) -> str:
-    """"Pad 2" -> "Pad" (the paper strips trailing indices from titles)."""
-    stripped = _TRAILING_INDEX.sub("", title.strip())
-    return stripped or title.strip()
-
 
 def query_texts(title: str, category: str) -> dict[str, str]:
     t = strip_index(title)
@@ -277,19 +270,6 @@ def load_eval_set(folder: str | os.PathLike, notes=None) -> EvalSet:
     meta_bytes = (Path(folder) / METADATA).read_bytes() if (Path(folder) / METADATA).exists() else b""
     return EvalSet(str(folder), [n.path for n in notes], np.array([patch_index[n.patch_id] for n in notes]),
                    list(patch_index), texts, [], hashlib.sha256(meta_bytes).hexdigest()[:16])
-
-
-def load_clips(paths: list[Path], sample_rate: int, samples: int) -> np.ndarray:
-    """Mono clips at ``sample_rate``, padded or cut to ``samples``: ``(clips, samples)`` float32."""
-    from timbreclip.dsp.audio_io import read_audio
-    from timbreclip.neural.frontend import resample
-
-    out = np.zeros((len(paths), samples), np.float32)
-    for i, p in enumerate(paths):
-        audio, rate = read_audio(p, max_seconds=samples / sample_rate + 0.1)
-        mono = resample(audio.mean(axis=0), rate, sample_rate)[:samples]
-        out[i, : len(mono)] = mono
-    return out
 
 
 def audio_hashes(clips: np.ndarray) -> list[str]:

@@ -22,9 +22,17 @@ archetype's words, and loses its measured bright/dark words, which the EQ may ha
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
-from .evaluation import strip_index
+_TRAILING_INDEX = re.compile(r"[\s_-]*\d+$")
+
+
+def strip_index(title: str) -> str:
+    """"Pad 2" -> "Pad" (the paper strips trailing indices from titles)."""
+    stripped = _TRAILING_INDEX.sub("", title.strip())
+    return stripped or title.strip()
+
 
 BRIGHT_ABOVE, DARK_BELOW, MIN_HARMONICS = 3.5, 1.3, 6
 PERCUSSIVE_ATTACK_S, PERCUSSIVE_SUSTAIN_DB = 0.01, -18.0
