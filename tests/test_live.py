@@ -21,7 +21,7 @@ from timbreclip.realtime.loop import LiveConfig, LiveEQ, flat_sos
 from timbreclip.realtime.ring import AudioRing
 
 RATE = 48000
-STEAL_LIMIT_MS = 20.0  # hypervisor steal during a real-time run above which its timing says nothing about the code
+STEAL_LIMIT_MS = 10.0  # hypervisor steal (one 10 ms tick or more) during a run: its timing says nothing of the code
 OK, WHY = jack_available()
 needs_jack = pytest.mark.skipif(not OK, reason=WHY)
 
