@@ -145,6 +145,7 @@ class LiveEQ:
         self.blocks = 0
         self.xruns = 0
         self.xrun_flags = np.zeros(5, np.int64)  # input underflow, input overflow, output underflow/overflow, priming
+        self.xrun_blocks = np.full(16, -1, np.int64)  # the block indices of the first 16 xruns (diagnostics)
         # control state
         self.prompts = dict(config.prompts)
         self.source_weight = float(config.source_weight)
@@ -176,6 +177,8 @@ class LiveEQ:
 
     def note_status(self, status) -> None:
         """Count a stream's status flags as one xrun (audio thread: integer increments only)."""
+        if self.xruns < 16:
+            self.xrun_blocks[self.xruns] = self.blocks
         self.xruns += 1
         if status.input_underflow:
             self.xrun_flags[0] += 1
@@ -283,6 +286,7 @@ class LiveEQ:
             "xruns": int(self.xruns),
             "xrun_flags": dict(zip(("input_underflow", "input_overflow", "output_underflow", "output_overflow",
                                     "priming_output"), self.xrun_flags.tolist())),
+            "xrun_blocks": [int(b) for b in self.xrun_blocks if b >= 0],
             "callback_us": {"p50": _percentile(us, 50), "p99": _percentile(us, 99),
                             "max": float(us.max()) if len(us) else None},
             "block_period_us": period_us,
@@ -340,6 +344,8 @@ class SteeringWorker:
                 if time.monotonic() > deadline:
                     raise RuntimeError("the steering worker did not start in time") from None
                 continue
+            if message[0] == "warmup" and message[1].settings is not None:  # the first unpickle and design, now
+                message[1].settings.sos(message[1].settings.sample_rate)
             self.ready = message[0] == "ready"
 
     def alive(self) -> bool:

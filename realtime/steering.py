@@ -129,7 +129,8 @@ def worker_loop(ring, commands, results, model_dir: str | None, sample_rate: flo
     # One update on noise before saying ready: torch loads and initialises its kernels lazily (first forward and
     # backward), and that burst of page faults and allocations belongs before the stream starts, not in it.
     noise = (0.1 * np.random.default_rng(0).standard_normal(int(WINDOW_SECONDS * sample_rate))).astype(np.float32)
-    steerer.update(0, noise, 0, 0.0, {"warm": 1.0}, 0.5, None)
+    warm = steerer.update(0, noise, 0, 0.0, {"warm": 1.0}, 0.5, None)
+    results.put(("warmup", warm))  # the control side unpacks one result before the stream starts, too
     prompts: dict[str, float] = {}
     source_weight = 0.5
     hold = False

@@ -173,6 +173,7 @@ def run_live(config: LiveConfig, input_device=None, output_device=None, play: st
         interactive = sys.stdout.isatty() and sys.stdin.isatty() if interactive is None else interactive
         display = _Display(live, interactive)
         live.publish()
+        live.drain_timing()  # the control loop's own first calls, before the stream needs the GIL
 
         stream = open_stream(live, in_dev, out_dev, source)
 
