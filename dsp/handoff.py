@@ -25,7 +25,7 @@ SLOTS = 4
 class CoefficientHandoff:
     """Preallocated slots for ``sections`` normalised sections ``(sections, 6)`` plus a linear output gain.
 
-    ``publish`` is for one control thread; ``take_into`` (or the numba function ``take``) for the audio thread.
+    ``publish`` is for one control thread; the numba function ``take`` (with ``arrays()``) for the audio thread.
     Each set carries an integer ``tag`` (for example a steering update's number) that the reader gets back, so a
     caller can tell which update is playing.
     """
