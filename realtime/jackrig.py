@@ -117,10 +117,12 @@ class PortRig:
     """A JACK client that plays ``signal (channels, frames)`` into ``targets`` and records ``sources``.
 
     ``run(freewheel=True)`` connects, plays the whole signal (then silence for ``tail_frames``) and returns the
-    recording ``(len(sources), frames + tail_frames)``.
+    recording ``(len(sources), frames + tail_frames)``. With ``midi=True`` the rig also has a MIDI output port
+    (``midi_port_name``, registered at once so a client under test can open it before ``run``), on which
+    ``run(midi_events=[(frame, bytes), ...])`` sends each event at that frame of the recording, exactly.
     """
 
-    def __init__(self, server: JackServer, name: str = "rig") -> None:
+    def __init__(self, server: JackServer, name: str = "rig", midi: bool = False) -> None:
         import jack  # noqa: F401
 
         self.client = jack.Client(name, no_start_server=True, servername=server.name)
@@ -131,34 +133,52 @@ class PortRig:
         self._done = threading.Event()
         self.outports = []
         self.inports = []
+        self._pos = -(1 << 62)
+        self._midi_events: list[tuple[int, bytes]] = []
+        self._midi_next = 0
+        self.midi_out = self.client.midi_outports.register("midi_out") if midi else None
+        self.midi_port_name = f"{self.client.name}:midi_out" if midi else None
         self.client.set_process_callback(self._process)
+        if midi:
+            self.client.activate()  # the port exists for others to connect to from now on
 
     def _process(self, frames: int) -> None:
         pos = self._pos
         total = self._record.shape[1]
-        n = max(0, min(frames, total - pos))
+        n = max(0, min(frames, total - pos)) if pos >= 0 else 0  # negative: holding until connected
         for c, port in enumerate(self.outports):
             buf = port.get_array()
             buf[:] = 0.0
-            if pos < self._signal.shape[1]:
+            if 0 <= pos < self._signal.shape[1]:
                 m = min(frames, self._signal.shape[1] - pos)
                 buf[:m] = self._signal[c, pos:pos + m]
         for c, port in enumerate(self.inports):
             if n:
                 self._record[c, pos:pos + n] = port.get_array()[:n]
+        if self.midi_out is not None:
+            self.midi_out.clear_buffer()
+            events = self._midi_events
+            while self._midi_next < len(events) and pos >= 0 and events[self._midi_next][0] < pos + frames:
+                at, data = events[self._midi_next]
+                self.midi_out.write_midi_event(max(0, at - pos), data)
+                self._midi_next += 1
         self._pos = pos + frames
         if self._pos >= total:
             self._done.set()
 
     def run(self, signal_: np.ndarray, targets: list[str], sources: list[str], tail_frames: int = 4096,
-            freewheel: bool = True, timeout_s: float = 120.0, before=None) -> np.ndarray:
+            freewheel: bool = True, timeout_s: float = 120.0, before=None,
+            midi_events: list[tuple[int, bytes]] | None = None) -> np.ndarray:
         """Play and record (see class docstring); ``before()`` runs once the ports are connected."""
+        self._midi_events = sorted(midi_events or [], key=lambda e: e[0])
+        self._midi_next = 0
         self._signal = np.ascontiguousarray(signal_, np.float32)
         self._record = np.zeros((len(sources), self._signal.shape[1] + tail_frames), np.float32)
         self.outports = [self.client.outports.register(f"out_{i}") for i in range(len(targets))]
         self.inports = [self.client.inports.register(f"in_{i}") for i in range(len(sources))]
         self._pos = -(1 << 62)  # hold until everything is connected
-        self.client.activate()
+        if self.midi_out is None:
+            self.client.activate()
         try:
             for port, target in zip(self.outports, targets):
                 self.client.connect(port, target)
@@ -176,7 +196,12 @@ class PortRig:
         finally:
             if freewheel:
                 self._set_freewheel(False)
-            self.client.deactivate()
+            if self.midi_out is None:
+                self.client.deactivate()
+            else:
+                self._pos = -(1 << 62)
+                for port in self.outports + self.inports:
+                    port.unregister()
         return self._record
 
     def _set_freewheel(self, on: bool) -> None:

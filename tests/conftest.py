@@ -23,3 +23,23 @@ def random_bands(rng, sample_rate, n=None, types=("peak", "low_shelf", "high_she
              float(rng.uniform(-gain, gain)), float(np.exp(rng.uniform(np.log(q[0]), np.log(q[1])))))
         for _ in range(n)
     ]
+
+
+@pytest.fixture(scope="module")
+def server():
+    """A private JACK server (dummy backend, 48 kHz, 256 frames) for one test module; PortAudio re-initialised to
+    see it, and terminated before it stops (pa_jack asserts otherwise)."""
+    from timbreclip.realtime.jackrig import JackServer, jack_available
+
+    ok, why = jack_available()
+    if not ok:
+        pytest.skip(why)
+    import sounddevice as sd
+
+    from timbreclip.realtime.devices import refresh_audio
+
+    with JackServer(rate=48000, period=256) as srv:
+        refresh_audio()
+        yield srv
+        sd._terminate()
+    sd._initialize()

@@ -16,7 +16,7 @@ from timbreclip.dsp.audio_io import read_audio, write_audio
 from timbreclip.dsp.descriptors import spectral_centroid_hz
 from timbreclip.dsp.engine import BiquadCascade
 from timbreclip.dsp.settings import Band, EQSettings
-from timbreclip.realtime.jackrig import JackServer, PortRig, disconnect_all, jack_available
+from timbreclip.realtime.jackrig import PortRig, disconnect_all, jack_available
 from timbreclip.realtime.loop import LiveConfig, LiveEQ, flat_sos
 from timbreclip.realtime.ring import AudioRing
 
@@ -24,21 +24,6 @@ RATE = 48000
 STEAL_LIMIT_MS = 10.0  # hypervisor steal (one 10 ms tick or more) during a run: its timing says nothing of the code
 OK, WHY = jack_available()
 needs_jack = pytest.mark.skipif(not OK, reason=WHY)
-
-
-@pytest.fixture(scope="module")
-def server():
-    if not OK:
-        pytest.skip(WHY)
-    from timbreclip.realtime.devices import refresh_audio
-
-    with JackServer(rate=RATE, period=256) as srv:
-        refresh_audio()
-        yield srv
-        import sounddevice as sd
-
-        sd._terminate()  # PortAudio goes before the server does (pa_jack asserts otherwise)
-    sd._initialize()
 
 
 def _tone(path, seconds=4.0, f0=220.0, channels=2):

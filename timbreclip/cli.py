@@ -808,6 +808,63 @@ def _run_search(args) -> int:
     return 0
 
 
+def _add_browse(sub) -> None:
+    p = sub.add_parser("browse", help="the MIDI-triggered patch browser: search by words, play the results",
+                       description="A terminal UI over the patch library: type words (or like:FILE), the results "
+                                   "rank at the pitch you play; MIDI (or the computer-keyboard piano) plays the "
+                                   "selected patch. See the README for keys and the controller map.")
+    _add_db_arg(p)
+    p.add_argument("--midi-port", help="MIDI input port (name, part of it, or index); without it: computer keyboard")
+    p.add_argument("--midi-api", default="auto", choices=("auto", "jack", "alsa"),
+                   help="MIDI API (auto: ALSA where its sequencer exists, else JACK)")
+    p.add_argument("--midi-map", help="JSON browsing map (CCs or button notes; see README)")
+    p.add_argument("--output-device", help="audio output device name (or part of it) or index")
+    p.add_argument("--blocksize", type=_number("--blocksize", 16, 8192, integer=True), default=256)
+    p.add_argument("--samplerate", type=_number("--samplerate", 8000.0, 384000.0),
+                   help="default: the output device's rate")
+    p.add_argument("--query", help="start with this search")
+    p.add_argument("--no-audio", action="store_true", help="browse without sound (no audio device needed)")
+    _add_model_args(p)
+    p.set_defaults(run=_run_browse)
+
+
+def _run_browse(args) -> int:
+    from timbreclip.library.db import Library
+
+    midi_map = None
+    if args.midi_map:
+        from timbreclip.realtime.browser import BrowseMap
+
+        midi_map = BrowseMap.load(args.midi_map)
+    if args.query and args.query.strip().lower().startswith("like:"):
+        import os
+
+        path = args.query.strip()[5:].strip()
+        if not os.path.isfile(path) and not os.path.isfile(path.split(" ", 1)[0]):
+            raise TimbreclipError(f"--query {args.query}: no such file {path}")
+    library = Library(args.db, create=False)
+    with library:
+        if not library.note_count():
+            raise TimbreclipError(f"{library.path}: the library is empty; fill it with `timbreclip library add "
+                                  "--installed` (or add soundfonts and sample folders by path)")
+        from timbreclip.realtime.devices import open_midi_input, refresh_audio, resolve_audio_device
+
+        if not args.no_audio:  # the devices are checked before the model loads (each problem is one line)
+            refresh_audio()
+            resolve_audio_device(args.output_device, "output")
+        if args.midi_port:
+            probe = open_midi_input(args.midi_port, args.midi_api, client_name="timbreclip-probe")
+            probe.close_port()
+            probe.delete()
+        from timbreclip.library.search import PatchSearch
+        from timbreclip.realtime.browse_ui import run_browser
+
+        embedder, fingerprint, _ = _library_model(args)
+        search = PatchSearch(library, embedder, fingerprint)
+        return run_browser(library, search, args.output_device, args.midi_port, args.midi_api, args.blocksize,
+                           args.samplerate, args.query, midi_map, audio=not args.no_audio)
+
+
 def _add_tag(sub) -> None:
     p = sub.add_parser("tag", help="audio -> words: categories, instruments and timbre words with scores")
     p.add_argument("file", help="audio file")
@@ -905,6 +962,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_library(sub)
     _add_search(sub)
     _add_tag(sub)
+    _add_browse(sub)
     _add_devices(sub)
     _add_export(sub)
     _add_dataset(sub)
