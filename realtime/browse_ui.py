@@ -79,8 +79,10 @@ class BrowserApp(App):
     ]
 
     def __init__(self, session: BrowserSession, audio: BrowserAudio | None = None, query: str | None = None,
-                 midi_name: str = "", audio_name: str = "") -> None:
+                 midi_name: str = "", audio_name: str = "", echo=None) -> None:
         super().__init__()
+        self.echo = echo  # a text stream that gets one line per selection (headless use), or None
+        self._echoed: str | None = None
         self.session = session
         self.audio = audio
         self.initial_query = query or ""
@@ -166,6 +168,11 @@ class BrowserApp(App):
         if index is not None:
             table.move_cursor(row=index, animate=False)
         self.show_details()
+        if self.echo is not None and session.selected_key != self._echoed and index is not None:
+            self._echoed = session.selected_key
+            r = session.results[index]
+            self.echo.write(f"selected {index + 1}: {r['title']} ({r['category'] or '-'}, {r['source']})\n")
+            self.echo.flush()
 
     def show_details(self) -> None:
         session = self.session
@@ -220,7 +227,7 @@ class BrowserApp(App):
             return
         before = len(self.session.messages)
         self.session.select(event.cursor_row)
-        self.show_details()
+        self.show_results() if self.echo is not None else self.show_details()
         if len(self.session.messages) > before:
             self.set_message(self.session.messages[-1])
 
@@ -302,10 +309,13 @@ class BrowserApp(App):
 
 def run_browser(library, searcher, output_device=None, midi_port: str | None = None, midi_api: str = "auto",
                 blocksize: int = 256, sample_rate: float | None = None, query: str | None = None,
-                midi_map=None, audio: bool = True) -> int:
+                midi_map=None, audio: bool = True, headless: bool = False) -> int:
     """``timbreclip browse``: open the devices (each problem one line, before the screen starts), run the UI, and
-    leave with every note off. Returns the exit code (0, or 1 when the audio device was lost)."""
+    leave with every note off. Returns 0; when the audio device is lost it says so and ends the process with exit
+    code 1 (PortAudio's own exit handlers would hang on a server that has gone)."""
+    import os
     import signal
+    import sys
 
     from .audition import AuditionEngine
     from .devices import audio_devices, open_midi_input, refresh_audio, resolve_audio_device
@@ -329,19 +339,31 @@ def run_browser(library, searcher, output_device=None, midi_port: str | None = N
         if engine is not None:
             stream = BrowserAudio(engine, device, midi_in)
             stream.start()
-        app = BrowserApp(session, stream, query=query, midi_name=midi_name, audio_name=audio_name)
-        previous = signal.signal(signal.SIGTERM, lambda *_: app.call_from_thread(app.exit))
+        app = BrowserApp(session, stream, query=query, midi_name=midi_name, audio_name=audio_name,
+                         echo=sys.stdout if headless else None)
+        stop_signals = (signal.SIGTERM, signal.SIGHUP) + ((signal.SIGINT,) if headless else ())
+        previous = {s: signal.signal(s, lambda *_: app.exit()) for s in stop_signals}
         try:
-            app.run()
+            if headless:
+                print(f"browsing {library.path} without a screen: {len(searcher.index.patches)} patches; "
+                      f"MIDI {midi_name or 'off'}, audio {audio_name or 'off'}", flush=True)
+            app.run(headless=headless)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
         if app.failure:
-            print(f"timbreclip browse: {app.failure}", file=__import__("sys").stderr)
-            return 1
+            print(f"timbreclip browse: {app.failure}", file=sys.stderr)
+            if stream is not None:
+                stream.stop(failed=True)  # all notes off
+            session.close()
+            # PortAudio and rtmidi still hold a server that is gone; their exit handlers would hang: leave now
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         return 0
     finally:
         if stream is not None:
-            stream.stop(failed=bool(app.failure) if "app" in locals() else False)
+            stream.stop()
         if midi_in is not None:
             midi_in.close_port()
             midi_in.delete()

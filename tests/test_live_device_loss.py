@@ -1,4 +1,4 @@
-"""The live loop when its audio server stops under it: its own module, its own JACK server, run after the other
+"""The live loop and the browser when their audio server stops under them: its own module, its own JACK server, run after the other
 live tests (a stopped server must not take the shared test server's clients with it)."""
 
 import subprocess
@@ -35,3 +35,69 @@ def test_the_server_stopping_is_a_device_failure(tmp_path):
     lines = [line for line in err.splitlines() if line.startswith("timbreclip")]
     assert len(lines) == 1 and "the audio stream stopped" in lines[0], err
     assert settings.exists()
+
+
+@pytest.mark.skipif(not OK, reason=WHY)
+def test_the_browser_survives_nothing_stuck_when_its_server_stops(tmp_path):
+    """`browse --headless` from a MIDI port: a program change selects; then the server stops under it while a key is
+    held: one line saying why, exit 1; and SIGTERM on another run is a clean exit 0."""
+    import signal
+
+    import torch
+
+    from timbreclip.cli import main
+    from timbreclip.neural.encoder import AudioEncoderConfig
+    from timbreclip.neural.model import ModelConfig, TimbreCLIP
+    from timbreclip.neural.text import MiniLMEncoder
+    from timbreclip.realtime.jackrig import PortRig
+
+    torch.manual_seed(0)
+    model = tmp_path / "model"
+    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(model)
+    (tmp_path / "samples" / "Tones").mkdir(parents=True)
+    t = np.arange(RATE) / RATE
+    for name, f0 in (("low C3", 130.81), ("mid C4", 261.63), ("high C5", 523.25)):
+        write_audio(str(tmp_path / "samples" / "Tones" / f"{name}.wav"),
+                    (0.3 * np.sin(2 * np.pi * f0 * t)).astype(np.float32), RATE)
+    db = tmp_path / "lib.sqlite"
+    assert main(["library", "add", str(tmp_path / "samples"), "--db", str(db), "--model", str(model)]) == 0
+
+    def browse():
+        return subprocess.Popen([sys.executable, "-m", "timbreclip", "browse", "--headless", "--db", str(db),
+                                 "--model", str(model), "--midi-port", "keys:midi_out", "--midi-api", "jack",
+                                 "--query", "tone"], stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
+    def wait_for(proc, prefix, seen):
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            seen.append(line)
+            if line.startswith(prefix):
+                return line
+        raise AssertionError(f"no {prefix!r} line; stdout: {seen}")
+
+    with JackServer(rate=RATE, period=256) as own:
+        rig = PortRig(own, name="keys", midi=True)
+        proc = browse()
+        seen: list[str] = []
+        wait_for(proc, "selected 1:", seen)
+        rig.run(np.zeros((0, RATE // 2), np.float32), [], [], tail_frames=0, freewheel=False,
+                midi_events=[(100, bytes([0xC0, 2])), (200, bytes([0x90, 60, 100]))])  # select #3, hold a key
+        assert "selected 3:" in wait_for(proc, "selected 3:", seen)
+        proc.send_signal(signal.SIGTERM)
+        out, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0, err
+
+        proc = browse()
+        wait_for(proc, "selected 1:", seen)
+        rig.run(np.zeros((0, RATE // 4), np.float32), [], [], tail_frames=0, freewheel=False,
+                midi_events=[(100, bytes([0x90, 64, 100]))])
+        rig.close()
+        own.stop()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1, err
+    lines = [line for line in err.splitlines() if line.startswith("timbreclip")]
+    assert len(lines) == 1 and "the audio stream stopped" in lines[0], err

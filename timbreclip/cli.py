@@ -824,6 +824,8 @@ def _add_browse(sub) -> None:
                    help="default: the output device's rate")
     p.add_argument("--query", help="start with this search")
     p.add_argument("--no-audio", action="store_true", help="browse without sound (no audio device needed)")
+    p.add_argument("--headless", action="store_true",
+                   help="no screen: browse from the MIDI controller only, one line per selection on stdout")
     _add_model_args(p)
     p.set_defaults(run=_run_browse)
 
@@ -862,7 +864,8 @@ def _run_browse(args) -> int:
         embedder, fingerprint, _ = _library_model(args)
         search = PatchSearch(library, embedder, fingerprint)
         return run_browser(library, search, args.output_device, args.midi_port, args.midi_api, args.blocksize,
-                           args.samplerate, args.query, midi_map, audio=not args.no_audio)
+                           args.samplerate, args.query, midi_map, audio=not args.no_audio,
+                           headless=args.headless)
 
 
 def _add_tag(sub) -> None:
