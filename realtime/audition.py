@@ -424,8 +424,13 @@ class AuditionEngine:
                 self._pedal = True
                 if p is not None and p.synth is not None:
                     p.synth.synth.cc(p.channel, SUSTAIN_CC, 127)
-        elif number in (120, 123):  # all sound off / all notes off from the controller
+        elif number == 123:  # all notes off: every note goes into its release
             self._all_off()
+        elif number == 120:  # all sound off: silence now
+            self._all_off()
+            for q in [self.current] + self._fading:
+                if q is not None:
+                    self._silence(q)
         elif p is not None and p.synth is not None:
             p.synth.synth.cc(p.channel, number, value)  # modulation, expression, ...
 

@@ -94,6 +94,7 @@ class BrowserApp(App):
         self.shown_seq = 0  # the keystroke whose results are on screen
         self.shown_at: dict[int, float] = {}  # keystroke -> perf_counter when its results were shown
         self._asked = self.initial_query  # the text last sent to be embedded
+        self.note_rerank_ms: list[float] = []  # a piano key -> its pitch's ranking on screen
 
     def compose(self) -> ComposeResult:
         yield Input(value=self.initial_query, placeholder="describe a sound (warm pad, bright pluck), or like:FILE",
@@ -262,8 +263,10 @@ class BrowserApp(App):
                 engine.note_off(key)
             engine.note_on(key, PIANO_VELOCITY)
             self._piano_off[key] = self.set_timer(PIANO_NOTE_S, lambda k=key: self._piano_release(k))
+        t0 = time.perf_counter()
         if self.session.note_played(key):
             self.show_results()
+            self.note_rerank_ms.append(1e3 * (time.perf_counter() - t0))
         else:
             self.show_details()
 
