@@ -253,3 +253,37 @@ def test_fine_tune_with_direction_loss_and_split_guard(tiny_set, tmp_path, capsy
     assert main(["train", "--config", str(tmp_path / "b.json"), "--data", str(tiny_set), "--out", str(tmp_path / "c"),
                  "--init", "model", str(tmp_path / "a" / "best"), "--seed", "3"]) == 2
     assert "validation notes would include training notes" in capsys.readouterr().err
+
+
+def test_evaluate_validation_split_follows_the_models_training_seed(tiny_set):
+    """`evaluate --split validation` holds out what the model's own trainer held out (its seed and programs per
+    family, from its provenance), not seed 0; models trained on different splits are not mixed."""
+    import torch
+
+    from timbreclip.dsp.errors import TimbreclipError
+    from timbreclip.library.patchfolder import read_patch_folder
+    from timbreclip.neural.encoder import AudioEncoderConfig
+    from timbreclip.neural.model import ModelConfig, TimbreCLIP
+    from timbreclip.neural.text import MiniLMEncoder
+    from timbreclip.training.data import split_validation
+    from timbreclip.training.evaluation import evaluate_models, training_split
+
+    notes = read_patch_folder(tiny_set)
+    size = {s: len({notes[i].patch_id for i in split_validation(notes, seed=s)[1]}) for s in range(40)}
+    other = next(s for s in range(1, 40) if size[s] != size[0] and size[s] > 0)
+
+    def model(seed):
+        torch.manual_seed(0)
+        m = TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder())
+        m.config.provenance = {"training": {"config": {"seed": seed, "val_programs_per_family": 1}}}
+        return m
+
+    trained = model(other)
+    assert training_split(trained) == (other, 1)
+    finetuned = model(0)
+    finetuned.config.provenance = {"init_model": {"training": {"config": {"seed": other}}}}
+    assert training_split(finetuned) == (other, 1)
+    report = evaluate_models(tiny_set, {"m": trained}, split="validation", use_cache=False)
+    assert report["patches"] == size[other] != size[0]
+    with pytest.raises(TimbreclipError, match="different validation splits"):
+        evaluate_models(tiny_set, {"a": trained, "b": model(0)}, split="validation", use_cache=False)

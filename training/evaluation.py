@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.dsp.cache import user_cache_dir
 from timbreclip.library.scoring import patch_scores
 from timbreclip.neural.frontend import load_clips
@@ -369,6 +370,20 @@ def curve_values(row: dict) -> dict[str, dict[str, list[float]]]:
     return {d: {qt: [row[d][qt][f"R@{k}"] for k in CURVE_KS] for qt in QUERY_TYPES} for d in row}
 
 
+def training_split(model) -> tuple[int, int]:
+    """The (seed, programs per family) a model's trainer held validation out with, from its provenance (a
+    fine-tuned model's own training config, else its starting model's); the trainer's defaults (0, 1) for a model
+    that carries none."""
+    config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
+    provenance = getattr(config, "provenance", {}) or {}
+    while provenance:
+        trained = provenance.get("training", {}).get("config", {})
+        if "seed" in trained:
+            return int(trained["seed"]), int(trained.get("val_programs_per_family", 1))
+        provenance = provenance.get("init_model", {})
+    return 0, 1
+
+
 def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_out=None, markdown_out=None,
                     plot_out=None, seed: int = 0, use_cache: bool = True, progress: bool = False,
                     split: str = "all") -> dict:
@@ -380,8 +395,14 @@ def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_o
         from .data import split_validation
         from timbreclip.library.patchfolder import read_patch_folder
 
+        splits = {name: training_split(model) for name, model in models.items()}
+        if len(set(splits.values())) > 1:
+            raise TimbreclipError("--split validation: the models were trained with different validation splits "
+                                  f"({', '.join(f'{n}: seed {s}, {k} per family' for n, (s, k) in splits.items())}); "
+                                  "evaluate them separately")
+        seed, per_family = next(iter(splits.values()))
         notes = read_patch_folder(folder)
-        _, val = split_validation(notes, seed=0)
+        _, val = split_validation(notes, seed=seed, per_family=per_family)
         notes = [notes[i] for i in val]
     eval_set = load_eval_set(folder, notes)
     if split != "all":
