@@ -19,8 +19,9 @@ import numpy as np
 from timbreclip.dsp.errors import TimbreclipError
 
 from .db import Library, NoteIndex
-from .scoring import nearest_pitch_notes, patch_scores
+from .scoring import few_query_blas, nearest_pitch_notes, patch_runs, patch_scores
 
+NEAREST_CACHE = 8  # pitches whose chosen notes' embeddings stay gathered (the browser plays a few keys again and again)
 TIMBRE_WORDS = ("bright", "dark", "warm", "thin", "airy", "punchy", "percussive", "soft attack", "sustained",
                 "decaying", "short release", "long release", "noisy", "muffled", "crisp", "bass-heavy", "boomy")
 
@@ -64,8 +65,25 @@ class PatchSearch:
             self._n = len(index.patches)
             # notes come sorted by patch: each patch's notes are one contiguous run
             self._starts = np.searchsorted(index.note_patch, np.arange(self._n + 1))
-            self._nearest: dict[float, tuple[np.ndarray, np.ndarray]] = {}
+            self._runs = patch_runs(index.note_patch)
+            self._nearest: dict[float, tuple[np.ndarray, np.ndarray | None]] = {}
             self._ann = None
+
+    def _nearest_at(self, key: float) -> tuple[np.ndarray, np.ndarray | None]:
+        """Each patch's note nearest pitch ``key`` (remembered for every pitch asked), and, from the second time a
+        pitch is asked, those notes' embeddings gathered into one block (kept for the NEAREST_CACHE most recent
+        pitches: a block is patches x dim floats)."""
+        entry = self._nearest.pop(key, None)
+        if entry is None:
+            nearest = nearest_pitch_notes(self.index.note_patch, self.index.note_pitch, key, self._n)
+            entry = (nearest, None)
+        elif entry[1] is None:
+            entry = (entry[0], np.ascontiguousarray(self.index.note_emb[entry[0][entry[0] >= 0]]))
+        self._nearest[key] = entry  # most recent last
+        gathered = [k for k, v in self._nearest.items() if v[1] is not None]
+        for old in gathered[:-NEAREST_CACHE]:
+            self._nearest[old] = (self._nearest[old][0], None)
+        return entry
 
     def _ann_ready(self) -> bool:
         from . import ann
@@ -108,16 +126,17 @@ class PatchSearch:
             scores[patches[first]] = sims[first]
             chosen = None
         elif pitch is None:
-            scores = patch_scores(z[None], index.note_emb, index.note_patch, self._n)[0].numpy()
+            scores = patch_scores(z[None], index.note_emb, index.note_patch, self._n, runs=self._runs)[0].numpy()
             chosen = None
         else:
             key = round(float(pitch), 2)
-            if key not in self._nearest:  # the browser asks again and again at the same few pitches
-                nearest = nearest_pitch_notes(index.note_patch, index.note_pitch, key, self._n)
-                self._nearest[key] = (nearest, np.ascontiguousarray(index.note_emb[nearest[nearest >= 0]]))
-            chosen, chosen_emb = self._nearest[key]
+            chosen, chosen_emb = self._nearest_at(key)
             scores = np.full(self._n, -np.inf, np.float32)
-            scores[chosen >= 0] = chosen_emb @ z
+            with few_query_blas(1):
+                if chosen_emb is not None:  # a pitch asked for before: its notes gathered, a product over them
+                    scores[chosen >= 0] = chosen_emb @ z
+                else:  # a new pitch: a product over every note, then each patch's chosen one
+                    scores[chosen >= 0] = (index.note_emb @ z)[chosen[chosen >= 0]]
         mask = np.isfinite(scores)
         if category:
             wanted = category.lower()
@@ -129,6 +148,9 @@ class PatchSearch:
         if keep is not None:
             mask &= np.array([bool(keep(p)) for p in index.patches])
         candidates = np.nonzero(mask)[0]
+        if len(candidates) > 4 * top:  # the top by partition first (ties at the cut all kept), then an exact sort
+            cut = np.partition(scores[candidates], len(candidates) - top)[len(candidates) - top]
+            candidates = candidates[scores[candidates] >= cut]
         order = candidates[np.lexsort((candidates, -scores[candidates]))][:top]
         out = []
         for rank, i in enumerate(order, start=1):
