@@ -89,7 +89,7 @@ class PatchSearch:
         from . import ann
 
         if self._ann is None and ann.available():
-            cache = f"{self.library.path}.hnsw-{self._generation}-{self.index.fingerprint[:12]}"
+            cache = f"{self.library.path}.ivf-{self._generation}-{self.index.fingerprint[:12]}"
             self._ann = ann.NoteANN(self.index.note_emb, cache)
         return self._ann is not None
 
@@ -117,7 +117,7 @@ class PatchSearch:
             return []
         approximate = (pitch is None and not (category or source or keep)
                        and len(index.note_emb) >= self.ann_min_notes and self._ann_ready())
-        if approximate:  # the nearest notes from the HNSW index; each patch keeps its best (they come best first)
+        if approximate:  # the nearest notes from the IVF index, scored exactly; each patch keeps its best
             # the top patches' best notes lie among the (most notes a patch has x top) best notes overall
             sims, ids = self._ann.nearest_notes(z, max(1, int(np.diff(self._starts).max())) * top)
             patches = index.note_patch[ids]

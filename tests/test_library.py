@@ -275,7 +275,7 @@ def test_favourites_and_history_survive_a_rebuild(tmp_path, model):
 
 
 def test_approximate_index_agrees_with_exact_search(tmp_path, model):
-    """The HNSW path (used past a million notes) on a small library, forced on: same answers as exact search, and
+    """The approximate (IVF-SQ8) path (used past a million notes) on a small library, forced on: same answers as exact search, and
     its index is cached beside the database for this library generation."""
     from timbreclip.library import ann
 
@@ -289,4 +289,4 @@ def test_approximate_index_agrees_with_exact_search(tmp_path, model):
             a, b = exact.search(Query(text=w), top=3), approx.search(Query(text=w), top=3)
             assert [h["title"] for h in a] == [h["title"] for h in b]
             assert [h["score"] for h in a] == pytest.approx([h["score"] for h in b], abs=1e-5)
-        assert list(tmp_path.glob("known.sqlite.hnsw-*"))
+        assert list(tmp_path.glob("known.sqlite.ivf-*"))
