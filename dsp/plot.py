@@ -30,14 +30,11 @@ def eq_curve_axes(ax, settings: EQSettings, sample_rate: float | None = None, la
 
 def plot_eq(settings: EQSettings, path: str | os.PathLike, sample_rate: float | None = None, title: str = "") -> None:
     """Write a PNG of the EQ curve to ``path``."""
-    import matplotlib
+    from matplotlib.figure import Figure  # its own Agg canvas: no pyplot, no global backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     eq_curve_axes(ax, settings, sample_rate)
     ax.set_title(title or f"EQ ({len(settings.bands)} bands @ {settings.sample_rate:g} Hz)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)

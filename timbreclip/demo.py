@@ -42,13 +42,11 @@ def render_examples(out_dir: Path) -> list[tuple[str, Path]]:
 
 
 def plot_note(name: str, runs: dict, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # its own Agg canvas: no pyplot, no global backend switch
 
     freqs = np.geomspace(20, RATE / 2 * 0.999, 512)
-    fig, ax = plt.subplots(figsize=(8, 4))
+    fig = Figure(figsize=(8, 4))
+    ax = fig.subplots()
     for prompt, run in runs.items():
         ax.semilogx(freqs, run.settings.response_db(freqs), lw=2, label=f'"{prompt}"')
     ax.axhline(0, color="0.6", lw=0.8)
@@ -61,7 +59,6 @@ def plot_note(name: str, runs: dict, path: Path) -> None:
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def main(out: str) -> int:

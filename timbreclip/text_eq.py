@@ -81,14 +81,11 @@ def run_eq(in_path: str, out_path: str, prompts: dict[str, float], model, source
 
 def plot_eq_run(run: EQRun, in_audio: np.ndarray, out_audio: np.ndarray, rate: float, path: str, title: str) -> None:
     """EQ curve and before/after spectrograms in one figure."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from matplotlib.figure import Figure  # its own Agg canvas: no pyplot, no global backend switch
 
     from timbreclip.dsp.plot import eq_curve_axes
 
-    fig = plt.figure(figsize=(11, 7))
+    fig = Figure(figsize=(11, 7))
     ax = fig.add_subplot(2, 1, 1)
     eq_curve_axes(ax, run.settings, rate)
     ax.set_title(title)
@@ -103,7 +100,6 @@ def plot_eq_run(run: EQRun, in_audio: np.ndarray, out_audio: np.ndarray, rate: f
         a.set_ylabel("Hz")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def print_run(run: EQRun, out=None) -> None:

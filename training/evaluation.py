@@ -345,12 +345,10 @@ def markdown_table(report: dict) -> str:
 
 def plot_curves(curves: dict[str, dict[str, dict[str, list[float]]]], path: str | os.PathLike) -> None:
     """R@k curves: one panel per (direction, query type), one line per model."""
-    import matplotlib
+    from matplotlib.figure import Figure  # its own Agg canvas: no pyplot, no global backend switch
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, axes = plt.subplots(2, 3, figsize=(13, 7), sharex=True)
+    fig = Figure(figsize=(13, 7))
+    axes = fig.subplots(2, 3, sharex=True)
     for r, direction in enumerate(("text_to_patch", "audio_to_text")):
         for c, qt in enumerate(QUERY_TYPES):
             ax = axes[r, c]
@@ -363,7 +361,6 @@ def plot_curves(curves: dict[str, dict[str, dict[str, list[float]]]], path: str 
     axes[0, 0].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=100)
-    plt.close(fig)
 
 
 def curve_values(row: dict) -> dict[str, dict[str, list[float]]]:
