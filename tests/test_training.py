@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from timbreclip.cli import main
 from timbreclip.dsp.audio_io import write_audio
@@ -287,3 +288,23 @@ def test_evaluate_validation_split_follows_the_models_training_seed(tiny_set):
     assert report["patches"] == size[other] != size[0]
     with pytest.raises(TimbreclipError, match="different validation splits"):
         evaluate_models(tiny_set, {"a": trained, "b": model(0)}, split="validation", use_cache=False)
+
+
+def test_resume_continues_exactly_as_an_uninterrupted_run(tiny_set, tmp_path):
+    """2 epochs then --resume to 4 gives the weights 4 epochs in one go give: the trainer keeps every generator it
+    draws from (numpy for batches and augmentation, torch for dropout), not only numpy's."""
+    from safetensors.torch import load_file
+
+    cfg = tmp_path / "const.json"  # a constant learning rate, so the schedule does not depend on --epochs
+    cfg.write_text(json.dumps({"name": "const", "model": "cpu", "width": 8, "epochs": 4, "batch_size": 32,
+                               "lr": 0.003, "min_lr": 0.003, "warmup_epochs": 0, "crop_frames": 96, "p_eq": 0.3,
+                               "patience": 10, "steps_per_epoch": 2}))
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert main(["train", "--config", str(cfg), "--data", str(tiny_set), "--out", str(straight)]) == 0
+    assert main(["train", "--config", str(cfg), "--data", str(tiny_set), "--out", str(split), "--epochs", "2"]) == 0
+    assert (split / "last" / "rng-rank0.json").is_file()
+    assert main(["train", "--config", str(cfg), "--data", str(tiny_set), "--out", str(split), "--resume",
+                 "--epochs", "4"]) == 0
+    a, b = load_file(str(straight / "last" / "model.safetensors")), load_file(str(split / "last" / "model.safetensors"))
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -19,7 +19,7 @@ loss asks the word's similarity to rank the two versions as the descriptor does:
 ``softplus(-sign * scale * (sim(z_b, word) - sim(z_a, word)))``. The descriptors are measured on the clip's own
 band powers (``RandomEQ.descriptors``). The steering benchmark measures the same descriptors, on notes of fonts the
 model never heard, after an EQ the optimiser found. The best checkpoint is kept; ``last/`` holds what resuming needs (weights, optimiser state,
-epoch, RNG states), all in safetensors/JSON.
+epoch, every rank's numpy and torch RNG states), all in safetensors/JSON.
 
 Distributed: the same code runs under ``torchrun`` with DistributedDataParallel (gloo on CPU, NCCL on GPU); each
 rank takes its share of every global batch (negatives are those of its share), rank 0 validates and saves.
@@ -216,12 +216,66 @@ def _param_digest(module: nn.Module) -> str:
     return h.hexdigest()
 
 
-def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
-          init_wav2clip: str | None = None, init_model: str | None = None, cache_dir: str | os.PathLike | None = None,
-          progress: bool = True, log=print) -> dict:
-    """Train on ``data_dir``; writes ``out_dir/best`` (model dir), ``out_dir/last`` and ``out_dir/log.jsonl``."""
-    from tqdm import tqdm
+@dataclass
+class _Run:
+    """Everything one training run sets up before its first epoch (``_set_up``)."""
 
+    cfg: TrainConfig
+    rank: int
+    world: int
+    out: Path
+    data_dir: str
+    notes: list
+    note_set: object
+    train_base: list[int]
+    val_base: list[int]
+    model: TimbreCLIP
+    trainable: ContrastiveModule
+    wrapped: nn.Module
+    opt: torch.optim.Optimizer
+    random_eq: RandomEQ
+    cache: object
+    rng: np.random.Generator
+    init_provenance: dict
+    steps_per_epoch: int
+    total_steps: int
+    warmup: int
+    start_epoch: int = 0
+    best_score: float = -1.0
+    best_epoch: int = -1
+    step: int = 0
+
+
+def _rng_file(last: Path, rank: int) -> Path:
+    return last / f"rng-rank{rank}.json"
+
+
+def _save_rng(run: _Run, last: Path) -> None:
+    """Each rank's numpy generator and torch CPU generator, so a resumed run draws what it would have drawn."""
+    import base64
+
+    state = {"numpy": run.rng.bit_generator.state,
+             "torch": base64.b64encode(torch.get_rng_state().numpy().tobytes()).decode()}
+    tmp = _rng_file(last, run.rank).with_suffix(".tmp")
+    tmp.write_text(json.dumps(state))
+    os.replace(tmp, _rng_file(last, run.rank))
+
+
+def _load_rng(run: _Run, last: Path, trainer_state: dict) -> None:
+    import base64
+
+    path = _rng_file(last, run.rank)
+    if path.is_file():
+        state = json.loads(path.read_text())
+        run.rng.bit_generator.state = state["numpy"]
+        torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch"]), np.uint8).copy()))
+    elif run.rank == 0 and "numpy_rng" in trainer_state:  # a checkpoint from before per-rank states were kept
+        run.rng.bit_generator.state = trainer_state["numpy_rng"]
+
+
+def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, init_model, cache_dir,
+            progress: bool, log) -> _Run:
+    """Data, split, model (fresh, Wav2CLIP or a TimbreCLIP start), feature cache, optimiser; resumed state."""
     rank, world = _dist()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, rank])
@@ -233,8 +287,9 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
     notes = read_any(data_dir)
     train_idx, val_idx = split_validation(notes, cfg.seed, cfg.val_programs_per_family)
     note_set = build_note_set(notes)
-    train_base = [i for i in note_set.base if i in set(train_idx)]
-    val_base = [i for i in note_set.base if i in set(val_idx)]
+    train_set, val_set = set(train_idx), set(val_idx)
+    train_base = [i for i in note_set.base if i in train_set]
+    val_base = [i for i in note_set.base if i in val_set]
 
     model_cfg = ModelConfig.preset(cfg.model)
     if cfg.width:
@@ -249,8 +304,10 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
         if not init_model:
             raise TimbreclipError(f"config {cfg.name} fine-tunes a TimbreCLIP model: pass --init model DIR")
         start = TimbreCLIP.load(init_model, text_encoder=model.text.frozen)
+
         def architecture(c):
             return {k: v for k, v in c.to_dict().items() if k != "provenance"}
+
         if architecture(start.config) != architecture(model_cfg):
             raise TimbreclipError(f"{init_model}: its model config differs from the training config's ({cfg.model})")
         trained = start.config.provenance.get("training", {}).get("config", {})
@@ -280,17 +337,15 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
     if world > 1:
         wrapped = nn.parallel.DistributedDataParallel(trainable)
     opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    random_eq = RandomEQ(fe_cfg)
 
     steps_per_epoch = max(1, len(train_base) // cfg.batch_size)
     if cfg.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
-    total_steps = steps_per_epoch * cfg.epochs
-    warmup = int(cfg.warmup_epochs * steps_per_epoch)
-
-    start_epoch, best_score, best_epoch, step = 0, -1.0, -1, 0
-    last = out / "last"
+    run = _Run(cfg, rank, world, out, str(data_dir), notes, note_set, train_base, val_base, model, trainable, wrapped,
+               opt, RandomEQ(fe_cfg), cache, rng, init_provenance, steps_per_epoch, steps_per_epoch * cfg.epochs,
+               int(cfg.warmup_epochs * steps_per_epoch))
     if resume:
+        last = out / "last"
         state_file = last / "trainer_state.json"
         if not state_file.is_file():
             raise TimbreclipError(f"{last}: nothing to resume (no trainer_state.json)")
@@ -298,99 +353,133 @@ def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathL
         model.load_state_dict(loaded.state_dict())
         _load_optimizer(opt, last / "optimizer.safetensors")
         st = json.loads(state_file.read_text())
-        start_epoch, best_score, best_epoch, step = st["epoch"] + 1, st["best_score"], st["best_epoch"], st["step"]
-        rng.bit_generator.state = st["numpy_rng"][rank] if isinstance(st["numpy_rng"], list) else st["numpy_rng"]
-        log(f"resuming at epoch {start_epoch} (best {best_score:.3f} at epoch {best_epoch})")
+        run.start_epoch, run.best_score, run.best_epoch, run.step = (st["epoch"] + 1, st["best_score"],
+                                                                     st["best_epoch"], st["step"])
+        _load_rng(run, last, st)
+        log(f"resuming at epoch {run.start_epoch} (best {run.best_score:.3f} at epoch {run.best_epoch})")
+    return run
 
-    val_set = load_eval_set(data_dir, [notes[i] for i in val_base])  # same order as val_base
-    val_features = FrontEnd.standardise(torch.from_numpy(np.asarray(cache[val_base], dtype=np.float32)))
-    val_words = [note_set.words[i] for i in val_base]
-    log_path = out / "log.jsonl"
+
+def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
+    """One pass over the training programs; returns the epoch's loss record."""
+    from tqdm import tqdm
+
+    cfg, rng, note_set, notes = run.cfg, run.rng, run.note_set, run.notes
+    run.trainable.train()
+    if run.world == 1:
+        order = rng.permutation(len(run.train_base))
+    else:  # every rank the same order (each takes its share of every batch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(run.train_base))
+    losses, dlosses = [], []
+    bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch}", leave=False,
+               disable=not (progress and run.rank == 0))
+    for b in bar:
+        batch_base = [run.train_base[j] for j in order[b * cfg.batch_size:(b + 1) * cfg.batch_size]][run.rank::run.world]
+        picks = [int(rng.choice(note_set.variants[i])) for i in batch_base]
+        logmel = torch.from_numpy(np.asarray(run.cache[sorted(picks)], dtype=np.float32))
+        order_back = np.argsort(np.argsort(picks))
+        logmel = logmel[torch.from_numpy(order_back)]
+        texts = [note_set.texts[i] for i in picks]
+        features, texts = augment_batch(logmel, texts, [notes[i].category for i in picks], rng, run.random_eq,
+                                        cfg.p_eq, cfg.crop_frames, cfg.freq_masks, cfg.freq_mask_width)
+        batch_texts = sorted({t for ts in texts for t in ts})
+        index = {t: j for j, t in enumerate(batch_texts)}
+        positives = torch.zeros(len(texts), len(batch_texts), dtype=torch.bool)
+        for i, ts in enumerate(texts):
+            positives[i, [index[t] for t in ts]] = True
+        for g in run.opt.param_groups:
+            g["lr"] = _lr_at(run.step, run.total_steps, run.warmup, cfg)
+        extra_texts, pairs = [], 0
+        if cfg.direction_weight > 0:  # one forward for both losses (DDP wants one per backward)
+            fa, fb, signs = _direction_batch(logmel, rng, run.random_eq, cfg.direction_pairs, cfg.crop_frames)
+            features, extra_texts, pairs = torch.cat([features, fa, fb]), DIRECTION_TEXTS, len(fa)
+        za, zt, scale = run.wrapped(features, run.model.text.encode_frozen(batch_texts + extra_texts))
+        n, m = len(za) - 2 * pairs, len(batch_texts)
+        loss = multi_positive_loss(za[:n], zt[:m], scale, positives)
+        if pairs:
+            dloss = direction_loss(za[n:n + pairs], za[n + pairs:], zt[m:], signs, scale.detach())
+            loss = loss + cfg.direction_weight * dloss
+            dlosses.append(dloss.item())
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        run.opt.step()
+        run.step += 1
+        losses.append(loss.item())
+        bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+    return {"epoch": epoch, "step": run.step, "train_loss": float(np.mean(losses)),
+            **({"direction_loss": float(np.mean(dlosses))} if dlosses else {}), "lr": run.opt.param_groups[0]["lr"],
+            "temperature": float(1.0 / run.trainable.logit_scale.detach().exp())}
+
+
+def _validate(run: _Run, val_set, val_features: torch.Tensor, val_words) -> tuple[float, dict, dict]:
+    """Validation retrieval: the selection score, the report, and the timbre-word accuracy."""
+    model = run.model
+    model.eval()
+    with torch.no_grad():
+        val_emb = torch.cat([model.audio(val_features[i:i + 256]) for i in range(0, len(val_features), 256)]).numpy()
+
+    def encode(ts):
+        return model.encode_text(ts).detach().numpy()
+
+    report = evaluate_embeddings(val_set, val_emb, encode)
+    score = float(np.mean([report[d][q][f"R@{k}"] for d in report for q in QUERY_TYPES for k in (1, 5, 10)]))
+    return score, report, timbre_word_accuracy(val_emb, val_words, encode)
+
+
+def _checkpoint(run: _Run, epoch: int, score: float, improved: bool) -> None:
+    """``best/`` when the score improved; ``last/`` (weights, optimiser, trainer state) every epoch."""
+    if improved:
+        run.model.save(run.out / "best", extra_provenance={"training": {
+            "config": asdict(run.cfg), "epoch": epoch, "val_score": round(score, 3), "data": run.data_dir,
+            **run.init_provenance}})
+    last = run.out / "last"
+    run.model.save(last)
+    _save_optimizer(run.opt, last / "optimizer.safetensors")
+    (last / "trainer_state.json").write_text(json.dumps({
+        "epoch": epoch, "step": run.step, "best_score": run.best_score, "best_epoch": run.best_epoch}))
+
+
+def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
+          init_wav2clip: str | None = None, init_model: str | None = None, cache_dir: str | os.PathLike | None = None,
+          progress: bool = True, log=print) -> dict:
+    """Train on ``data_dir``; writes ``out_dir/best`` (model dir), ``out_dir/last`` and ``out_dir/log.jsonl``."""
+    run = _set_up(cfg, data_dir, out_dir, resume, init_wav2clip, init_model, cache_dir, progress, log)
+    val_set = load_eval_set(data_dir, [run.notes[i] for i in run.val_base])  # same order as val_base
+    val_features = FrontEnd.standardise(torch.from_numpy(np.asarray(run.cache[run.val_base], dtype=np.float32)))
+    val_words = [run.note_set.words[i] for i in run.val_base]
     history = []
     started = time.time()
-    for epoch in range(start_epoch, cfg.epochs):
-        trainable.train()
-        order = rng.permutation(len(train_base)) if world == 1 else np.random.default_rng([cfg.seed, epoch]).permutation(len(train_base))
-        losses, dlosses = [], []
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}", leave=False, disable=not (progress and rank == 0))
-        for b in bar:
-            batch_base = [train_base[j] for j in order[b * cfg.batch_size:(b + 1) * cfg.batch_size]][rank::world]
-            picks = [int(rng.choice(note_set.variants[i])) for i in batch_base]
-            logmel = torch.from_numpy(np.asarray(cache[sorted(picks)], dtype=np.float32))
-            order_back = np.argsort(np.argsort(picks))
-            logmel = logmel[torch.from_numpy(order_back)]
-            texts = [note_set.texts[i] for i in picks]
-            features, texts = augment_batch(logmel, texts, [notes[i].category for i in picks], rng, random_eq,
-                                            cfg.p_eq, cfg.crop_frames, cfg.freq_masks, cfg.freq_mask_width)
-            batch_texts = sorted({t for ts in texts for t in ts})
-            index = {t: j for j, t in enumerate(batch_texts)}
-            positives = torch.zeros(len(texts), len(batch_texts), dtype=torch.bool)
-            for i, ts in enumerate(texts):
-                positives[i, [index[t] for t in ts]] = True
-            for g in opt.param_groups:
-                g["lr"] = _lr_at(step, total_steps, warmup, cfg)
-            extra_texts, pairs = [], 0
-            if cfg.direction_weight > 0:  # one forward for both losses (DDP wants one per backward)
-                fa, fb, signs = _direction_batch(logmel, rng, random_eq, cfg.direction_pairs, cfg.crop_frames)
-                features, extra_texts, pairs = torch.cat([features, fa, fb]), DIRECTION_TEXTS, len(fa)
-            za, zt, scale = wrapped(features, model.text.encode_frozen(batch_texts + extra_texts))
-            n, m = len(za) - 2 * pairs, len(batch_texts)
-            loss = multi_positive_loss(za[:n], zt[:m], scale, positives)
-            if pairs:
-                dloss = direction_loss(za[n:n + pairs], za[n + pairs:], zt[m:], signs, scale.detach())
-                loss = loss + cfg.direction_weight * dloss
-                dlosses.append(dloss.item())
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            step += 1
-            losses.append(loss.item())
-            bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
-        record = {"epoch": epoch, "step": step, "train_loss": float(np.mean(losses)),
-                  **({"direction_loss": float(np.mean(dlosses))} if dlosses else {}), "lr": opt.param_groups[0]["lr"],
-                  "temperature": float(1.0 / trainable.logit_scale.detach().exp()), "elapsed_s": round(time.time() - started, 1)}
+    for epoch in range(run.start_epoch, cfg.epochs):
+        record = _train_epoch(run, epoch, progress)
+        record["elapsed_s"] = round(time.time() - started, 1)
         stop = torch.zeros(1)
-        if rank == 0:
-            model.eval()
-            with torch.no_grad():
-                val_emb = torch.cat([model.audio(val_features[i:i + 256]) for i in range(0, len(val_features), 256)]).numpy()
-            val_report = evaluate_embeddings(val_set, val_emb, lambda ts: model.encode_text(ts).detach().numpy())
-            score = float(np.mean([val_report[d][q][f"R@{k}"] for d in val_report for q in QUERY_TYPES
-                                   for k in (1, 5, 10)]))
-            record.update({"val_score": round(score, 3), "val": val_report,
-                           "val_timbre_words": timbre_word_accuracy(val_emb, val_words,
-                                                                    lambda ts: model.encode_text(ts).detach().numpy())})
-            improved = score > best_score
+        (run.out / "last").mkdir(parents=True, exist_ok=True)
+        _save_rng(run, run.out / "last")  # every rank its own generators
+        if run.rank == 0:
+            score, v, words = _validate(run, val_set, val_features, val_words)
+            record.update({"val_score": round(score, 3), "val": v, "val_timbre_words": words})
+            improved = score > run.best_score
             if improved:
-                best_score, best_epoch = score, epoch
-                model.save(out / "best", extra_provenance={"training": {"config": asdict(cfg), "epoch": epoch,
-                                                                        "val_score": round(score, 3),
-                                                                        "data": str(data_dir), **init_provenance}})
-            model.save(last)
-            _save_optimizer(opt, last / "optimizer.safetensors")
-            (last / "trainer_state.json").write_text(json.dumps({
-                "epoch": epoch, "step": step, "best_score": best_score, "best_epoch": best_epoch,
-                "numpy_rng": rng.bit_generator.state}))
-            with open(log_path, "a") as f:
+                run.best_score, run.best_epoch = score, epoch
+            _checkpoint(run, epoch, score, improved)
+            with open(run.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            v = val_report
             log(f"epoch {epoch:3d}  loss {record['train_loss']:.3f}  val score {score:6.2f}  "
                 f"title T→P R@1 {v['text_to_patch']['title']['R@1']:5.1f}  "
                 f"cat T→P R@1 {v['text_to_patch']['category']['R@1']:5.1f}  "
                 f"A→T title R@1 {v['audio_to_text']['title']['R@1']:5.1f}  "
                 f"A→T cat R@1 {v['audio_to_text']['category']['R@1']:5.1f}"
                 f"{'  *best*' if improved else ''}  ({record['elapsed_s']:.0f} s)")
-            if epoch - best_epoch >= cfg.patience:
-                log(f"early stop: no improvement for {cfg.patience} epochs (best epoch {best_epoch})")
+            if epoch - run.best_epoch >= cfg.patience:
+                log(f"early stop: no improvement for {cfg.patience} epochs (best epoch {run.best_epoch})")
                 stop[0] = 1
         history.append(record)
-        if world > 1:
+        if run.world > 1:
             torch.distributed.all_reduce(stop)
         if stop.item():
             break
-    if world > 1:
-        (out / f"replica-{rank}.sha256").write_text(_param_digest(trainable) + "\n")
+    if run.world > 1:
+        (run.out / f"replica-{run.rank}.sha256").write_text(_param_digest(run.trainable) + "\n")
         torch.distributed.barrier()
-    return {"best_score": best_score, "best_epoch": best_epoch, "epochs_run": len(history),
-            "train_notes": len(train_base), "val_notes": len(val_base)}
-
+    return {"best_score": run.best_score, "best_epoch": run.best_epoch, "epochs_run": len(history),
+            "train_notes": len(run.train_base), "val_notes": len(run.val_base)}
