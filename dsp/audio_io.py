@@ -214,7 +214,8 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: float, 
             with AudioFile(tmp, "w", samplerate=sample_rate, num_channels=audio.shape[0], **options) as f:
                 f.write(audio)
         except Exception as err:
-            raise AudioFileError(f"{path}: cannot write audio ({_first_line(err)})") from None
+            raise AudioFileError(f"{path}: cannot write audio ({_first_line(err)}; is the disk full?); nothing "
+                                 "was written") from None
 
 
 def process_file(
@@ -259,14 +260,18 @@ def process_file(
                                **_writer_options(out_path, source_dtype))
         except Exception as err:
             raise AudioFileError(f"{out_path}: cannot write audio ({_first_line(err)})") from None
-        with writer:
-            for chunk in iter_chunks(in_path, chunk_frames):
-                y = process(chunk)
-                if scale != 1.0:
-                    y *= scale
-                out_peak = max(out_peak, float(np.max(np.abs(y), initial=0.0)))
-                writer.write(y)
-                bar.update(chunk.shape[-1])
+        try:
+            with writer:
+                for chunk in iter_chunks(in_path, chunk_frames):
+                    y = process(chunk)
+                    if scale != 1.0:
+                        y *= scale
+                    out_peak = max(out_peak, float(np.max(np.abs(y), initial=0.0)))
+                    writer.write(y)
+                    bar.update(chunk.shape[-1])
+        except RuntimeError as err:  # pedalboard's word for a failed write: a full disk, a quota, an I/O error
+            raise AudioFileError(f"{out_path}: cannot write audio ({_first_line(err)}; is the disk full?); "
+                                 "nothing was written") from None
     bar.close()
     return {
         "sample_rate": rate,

@@ -231,10 +231,14 @@ class EQSettings:
     def save(self, path: str | os.PathLike) -> None:
         """Write the JSON atomically (temporary file, then rename)."""
         tmp = f"{path}.tmp-{os.getpid()}"
-        with open(tmp, "w", encoding="utf-8") as f:
-            json.dump(self.to_dict(), f, indent=2)
-            f.write("\n")
-        os.replace(tmp, path)
+        try:
+            with open(tmp, "w", encoding="utf-8") as f:
+                json.dump(self.to_dict(), f, indent=2)
+                f.write("\n")
+            os.replace(tmp, path)
+        finally:  # a full disk or an interrupt: no half-written temporary left beside the target
+            if os.path.exists(tmp):
+                os.unlink(tmp)
 
     def __str__(self) -> str:
         lines = [f"EQ @ {self.sample_rate:g} Hz, output {self.output_gain_db:+.1f} dB"]

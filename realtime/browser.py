@@ -24,7 +24,6 @@ a press is a value >= 64)::
 
 from __future__ import annotations
 
-import json
 import os
 import time
 from dataclasses import dataclass, fields
@@ -34,6 +33,7 @@ import numpy as np
 from timbreclip.dsp.errors import TimbreclipError
 
 from .audition import CONTROL, NOTE_OFF, NOTE_ON, PROGRAM, AuditionEngine, load_player
+from .midi import read_map_json
 
 PAGE_SIZE = 20
 SHOWN = 100  # results kept (five pages)
@@ -56,20 +56,7 @@ class BrowseMap:
 
     @classmethod
     def load(cls, path: str) -> "BrowseMap":
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except OSError as err:
-            raise TimbreclipError(f"--midi-map {path}: cannot read ({err.strerror or err})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
-            raise TimbreclipError(f"--midi-map {path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise TimbreclipError(f"--midi-map {path}: the top level must be a JSON object")
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise TimbreclipError(f"--midi-map {path}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-        out = cls(**data)
+        out = cls(**read_map_json(path, {f.name for f in fields(cls)}))
         for name in cls.ACTIONS:
             value = getattr(out, name)
             if value is not None and (not isinstance(value, int) or isinstance(value, bool) or not 0 <= value <= 127):

@@ -23,6 +23,23 @@ from dataclasses import dataclass, field
 from timbreclip.dsp.errors import TimbreclipError
 
 
+def read_map_json(path: str, known: set[str]) -> dict:
+    """A ``--midi-map`` file's JSON object, every key one of ``known``; each problem one line naming the file."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except OSError as err:
+        raise TimbreclipError(f"--midi-map {path}: cannot read ({err.strerror or err})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as err:
+        raise TimbreclipError(f"--midi-map {path}: not valid JSON ({err})") from None
+    if not isinstance(data, dict):
+        raise TimbreclipError(f"--midi-map {path}: the top level must be a JSON object")
+    unknown = set(data) - known
+    if unknown:
+        raise TimbreclipError(f"--midi-map {path}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
+    return data
+
+
 @dataclass
 class MidiMap:
     amount: int | None = 1
@@ -34,20 +51,7 @@ class MidiMap:
 
     @classmethod
     def load(cls, path: str) -> "MidiMap":
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except OSError as err:
-            raise TimbreclipError(f"--midi-map {path}: cannot read ({err.strerror or err})") from None
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise TimbreclipError(f"--midi-map {path}: not valid JSON ({err})") from None
-        if not isinstance(data, dict):
-            raise TimbreclipError(f"--midi-map {path}: the top level must be a JSON object")
-        known = set(cls.__dataclass_fields__)
-        unknown = set(data) - known
-        if unknown:
-            raise TimbreclipError(f"--midi-map {path}: unknown keys {sorted(unknown)} (known: {sorted(known)})")
-        out = cls(**data)
+        out = cls(**read_map_json(path, set(cls.__dataclass_fields__)))
         for name in ("amount", "source_weight", "bypass", "hold"):
             value = getattr(out, name)
             if value is not None and (not isinstance(value, int) or not 0 <= value <= 127):

@@ -220,3 +220,37 @@ def test_truncated_wav_files_are_refused(tmp_path, capsys):
         assert len(err) == 1 and "truncated" in err[0] and str(bad) in err[0]
         assert not out.exists()
     assert main(["apply-eq", str(note), "-o", str(tmp_path / "ok.wav"), "--settings", str(settings)]) == 0
+
+
+@pytest.fixture
+def full_disk(tmp_path):
+    """A 64 kB tmpfs (root only; skipped where mounting is not allowed)."""
+    import subprocess
+
+    mount = tmp_path / "small"
+    mount.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+                      capture_output=True).returncode != 0:
+        pytest.skip("cannot mount a small tmpfs here (needs root)")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", str(mount)], capture_output=True)
+
+
+def test_a_full_disk_is_one_line_exit_2_and_leaves_nothing(full_disk, tmp_path, capsys):
+    from timbreclip.dsp.settings import Band, EQSettings
+
+    rng = np.random.default_rng(0)
+    src = tmp_path / "long.wav"
+    write_audio(src, (0.1 * rng.standard_normal((2, 48000 * 2))).astype(np.float32), 48000)
+    settings = tmp_path / "s.json"
+    EQSettings(48000, [Band("peak", 1000.0, 3.0, 1.0)]).save(settings)
+    assert main(["apply-eq", str(src), "-o", str(full_disk / "out.wav"), "--settings", str(settings)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "out.wav: cannot write audio" in err[0] and "disk full" in err[0], err
+    assert list(full_disk.iterdir()) == []  # no output, no temporary
+    (full_disk / "fill").write_bytes(b"\0" * 60000)
+    with pytest.raises(OSError):
+        EQSettings(48000, [Band("peak", 1000.0, 3.0, 1.0)] * 60).save(full_disk / "s.json")
+    assert sorted(p.name for p in full_disk.iterdir()) == ["fill"]  # the .tmp-PID file is gone too
