@@ -251,7 +251,8 @@ def main() -> None:
         print("| step | n | p50 | p95 |\n|---|---|---|---|")
         print(f"| keystroke -> results on screen (text embedding included) | {k['n']} | {k['p50']:.1f} ms | "
               f"{k['p95']:.1f} ms |")
-        print(f"| note played -> re-ranked at its pitch, on screen | {n['n']} | {n['p50']:.1f} ms | {n['p95']:.1f} ms |")
+        print(f"| note played -> re-ranked at its pitch, on screen | {n['n']} | {n['p50']:.1f} ms | "
+              f"{n['p95']:.1f} ms |")
 
 
 if __name__ == "__main__":

@@ -259,7 +259,7 @@ def _add_evaluate(sub) -> None:
     p.add_argument("--plot", help="write R@k curves (PNG)")
     p.add_argument("--no-cache", action="store_true", help="recompute embeddings even if cached")
     p.add_argument("--split", choices=("all", "validation"), default="all",
-                   help="validation: only the programs the model's trainer held out (its seed, from the model's provenance)")
+                   help="validation: only the programs the model's trainer held out (its seed, from its provenance)")
     p.set_defaults(run=_run_evaluate)
 
 
@@ -348,7 +348,8 @@ def _add_eq(sub) -> None:
     p.add_argument("--excerpt", type=_number("--excerpt", 0.0, lo_open=True), default=60.0,
                    help="seconds of the file the EQ listens to (default 60)")
     p.add_argument("--model", help="model directory; default: the shipped model")
-    p.add_argument("--seed", type=int, default=0, help="kept for scripts; the fit has nothing random in it (the same file and flags give the same EQ)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="kept for scripts: nothing in the fit is random (runs differ only by the wall-clock budget)")
     p.add_argument("--overwrite-input", action="store_true", help="allow -o to be the input file itself")
     p.set_defaults(run=_run_eq, prompts=None)
 

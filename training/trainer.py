@@ -18,8 +18,8 @@ embedded; for each direction word (``labels.DIRECTION_WORDS``: "bright" -> spect
 loss asks the word's similarity to rank the two versions as the descriptor does:
 ``softplus(-sign * scale * (sim(z_b, word) - sim(z_a, word)))``. The descriptors are measured on the clip's own
 band powers (``RandomEQ.descriptors``). The steering benchmark measures the same descriptors, on notes of fonts the
-model never heard, after an EQ the optimiser found. The best checkpoint is kept; ``last/`` holds what resuming needs (weights, optimiser state,
-epoch, every rank's numpy and torch RNG states), all in safetensors/JSON.
+model never heard, after an EQ the optimiser found. The best checkpoint is kept; ``last/`` holds what resuming
+needs (weights, optimiser state, epoch, every rank's numpy and torch RNG states), all in safetensors/JSON.
 
 Distributed: the same code runs under ``torchrun`` with DistributedDataParallel (gloo on CPU, NCCL on GPU); each
 rank takes its share of every global batch (negatives are those of its share), rank 0 validates and saves.
@@ -374,7 +374,8 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
     bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch}", leave=False,
                disable=not (progress and run.rank == 0))
     for b in bar:
-        batch_base = [run.train_base[j] for j in order[b * cfg.batch_size:(b + 1) * cfg.batch_size]][run.rank::run.world]
+        window = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        batch_base = [run.train_base[j] for j in window][run.rank::run.world]
         picks = [int(rng.choice(note_set.variants[i])) for i in batch_base]
         logmel = torch.from_numpy(np.asarray(run.cache[sorted(picks)], dtype=np.float32))
         order_back = np.argsort(np.argsort(picks))
