@@ -188,19 +188,28 @@ def same_file(a: str | os.PathLike, b: str | os.PathLike) -> bool:
 _DTYPE_BITS = {"int8": 8, "int16": 16, "int24": 24, "int32": 32, "float32": 32, "float64": 32}
 
 
+def source_dtype(path: str | os.PathLike) -> str:
+    """The sample format stored in an audio file ("int16", "int24", "float32", ...)."""
+    with _open(path) as f:
+        return str(f.file_dtype)
+
+
 def _writer_options(path: str | os.PathLike, source_dtype: str | None = "float32") -> dict:
     """Bit depth for the output: the input's (float32 for audio we made), within what the format can hold."""
     ext = Path(path).suffix.lower()
-    if ext in (".wav", ".aif", ".aiff"):
+    if ext == ".wav":
         return {"bit_depth": _DTYPE_BITS.get(source_dtype or "", 16)}
-    if ext == ".flac":
+    if ext in (".aif", ".aiff", ".flac"):  # integer formats, 24 bits at most here (float input -> 24-bit)
         return {"bit_depth": min(24, _DTYPE_BITS.get(source_dtype or "", 16))}
     return {}
 
 
-def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: float, bit_depth: int | None = None) -> None:
-    """Write ``(channels, frames)`` (or ``(frames,)``) float audio atomically; the format follows the extension
-    (wav/flac/aiff: 32-bit float where the format allows, or ``bit_depth``)."""
+def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: float, bit_depth: int | None = None,
+                source_dtype: str | None = "float32") -> None:
+    """Write ``(channels, frames)`` (or ``(frames,)``) float audio atomically; the format follows the extension,
+    the bit depth ``source_dtype``'s (the input's, for a processed file: 16-bit in, 16-bit out; float stays 32-bit
+    float in WAV and becomes 24-bit in AIFF and FLAC, which hold no float here), or ``bit_depth``. Integer output is
+    quantised by rounding, without dither; callers keep the peak below 0 dBFS, so nothing clips."""
     from pedalboard.io import AudioFile
 
     audio = np.asarray(audio, dtype=np.float32)
@@ -208,7 +217,7 @@ def write_audio(path: str | os.PathLike, audio: np.ndarray, sample_rate: float, 
         audio = audio[None, :]
     with atomic_output(path) as tmp:
         try:
-            options = _writer_options(path)
+            options = _writer_options(path, source_dtype)
             if bit_depth is not None and options:
                 options["bit_depth"] = bit_depth
             with AudioFile(tmp, "w", samplerate=sample_rate, num_channels=audio.shape[0], **options) as f:
@@ -237,8 +246,7 @@ def process_file(
     from tqdm import tqdm
 
     rate, channels, frames = audio_info(in_path)
-    with _open(in_path) as f:
-        source_dtype = str(f.file_dtype)
+    stored = source_dtype(in_path)
     if frames == 0:
         raise AudioFileError(f"{in_path}: contains no audio (zero length)")
     show = progress and frames > 30 * rate
@@ -257,7 +265,7 @@ def process_file(
     with atomic_output(out_path) as tmp:
         try:
             writer = AudioFile(tmp, "w", samplerate=rate, num_channels=channels,
-                               **_writer_options(out_path, source_dtype))
+                               **_writer_options(out_path, stored))
         except Exception as err:
             raise AudioFileError(f"{out_path}: cannot write audio ({_first_line(err)})") from None
         try:

@@ -163,3 +163,18 @@ def test_eq_on_a_six_channel_file(model_dir, tmp_path, capsys):
     # the per-channel rule agrees with the meter where both apply: two identical stereo pairs = +3 dB
     assert loudness_lufs(np.concatenate([x, x, x]), 44100) == pytest.approx(loudness_lufs(x, 44100) + 10 * np.log10(3),
                                                                              abs=0.1)
+
+
+@pytest.mark.parametrize("name, bits, stored", [("in.wav", 16, "int16"), ("in.aiff", 16, "int16"),
+                                                ("in.aiff", 24, "int24"), ("in.wav", None, "float32")])
+def test_eq_keeps_the_inputs_format_and_bit_depth(model_dir, tmp_path, name, bits, stored):
+    from timbreclip.dsp.audio_io import source_dtype
+
+    src = tmp_path / name
+    write_audio(src, _note(), 44100, bit_depth=bits)
+    assert source_dtype(src) == stored
+    out = tmp_path / ("out" + src.suffix)
+    assert main(["eq", str(src), "-o", str(out), "--prompt", "warm", "--steps", "2", "--model", str(model_dir)]) == 0
+    assert source_dtype(out) == stored  # 16-bit in, 16-bit out (not twice the size); AIFF writable at all
+    audio, rate = read_audio(out)
+    assert rate == 44100 and audio.shape == (2, 44100) and np.abs(audio).max() < 1.0

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from timbreclip import __version__
-from timbreclip.dsp.audio_io import check_listenable, read_audio, write_audio
+from timbreclip.dsp.audio_io import check_listenable, read_audio, source_dtype, write_audio
 from timbreclip.dsp.descriptors import peak_dbfs
 from timbreclip.dsp.errors import AudioFileError
 from timbreclip.dsp.settings import EQSettings
@@ -71,7 +71,7 @@ def run_eq(in_path: str, out_path: str, prompts: dict[str, float], model, source
     y *= 10 ** ((gain_db + clip_db) / 20)
     settings.provenance.update({"loudness_match_db": round(gain_db, 3), "anti_clip_db": round(clip_db, 3),
                                 "tool_version": __version__, "source_file": str(in_path)})
-    write_audio(out_path, y, rate)
+    write_audio(out_path, y, rate, source_dtype=source_dtype(in_path))
     names = list(prompts)
     text = model.embed_text(names)
     before = dict(zip(names, (text @ model.embed_audio(audio[..., : int((excerpt_seconds or 1e9) * rate)], rate)).tolist()))
