@@ -207,7 +207,7 @@ def rerank_run(n_patches: int, notes: int) -> dict:
             return LOWER_ROW[(note - PIANO_BASE) % 12]
 
         asyncio.run(run())
-        keystroke = [1e3 * (app.shown_at[s] - app._typed_at[s]) for s in app.shown_at if s in app._typed_at]
+        keystroke = [1e3 * (app.shown_at[s] - app.typed_at[s]) for s in app.shown_at if s in app.typed_at]
         note = list(app.note_rerank_ms)
         library.close()
     return {"patches": n_patches, "notes_per_patch": notes, "keystroke_to_results_ms": {

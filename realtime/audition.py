@@ -248,8 +248,6 @@ class AuditionEngine:
         self._release_dec = 1.0 / max(1.0, SAMPLE_RELEASE_S * self.sample_rate)
         self.blocks = 0
         self.notes_on = 0
-        self.first_sound_block = -1  # the first block a note-on was applied in since ``mark()``
-        self._mark_pending = False
         self.midi_received = 0
         self._age = 0.0
         # warm the numba kernels here, not in the first callback
@@ -309,11 +307,6 @@ class AuditionEngine:
                 total += int(_voices_active(p.voices))
         return total
 
-    def mark(self) -> None:
-        """Record the block in which the next note-on is applied (latency measurement)."""
-        self.first_sound_block = -1
-        self._mark_pending = True
-
     # -- audio thread -------------------------------------------------------------------------------------------
     def _adopt(self, player: Player | None) -> None:
         old = self.current
@@ -371,9 +364,6 @@ class AuditionEngine:
             return
         self._held[key] = True
         self.notes_on += 1
-        if self._mark_pending:
-            self.first_sound_block = self.blocks
-            self._mark_pending = False
         if p is None:
             return
         if p.synth is not None:

@@ -92,6 +92,7 @@ class BrowserApp(App):
         self._piano_off: dict[int, object] = {}
         self.query_seq = 0  # keystrokes in the search box
         self.shown_seq = 0  # the keystroke whose results are on screen
+        self.typed_at: dict[int, float] = {}  # keystroke -> perf_counter when it was typed
         self.shown_at: dict[int, float] = {}  # keystroke -> perf_counter when its results were shown
         self._asked = self.initial_query  # the text last sent to be embedded
         self.note_rerank_ms: list[float] = []  # a piano key -> its pitch's ranking on screen
@@ -111,7 +112,6 @@ class BrowserApp(App):
         self.title = "timbreclip browse"
         table = self.query_one(DataTable)
         table.add_columns("#", "★", "title", "category", "source", "score")
-        self._typed_at: dict[int, float] = {}
         if self.initial_query:
             self._run_query(self.initial_query, 0)
         else:
@@ -126,7 +126,7 @@ class BrowserApp(App):
             return
         self._asked = event.value
         self.query_seq += 1
-        self._typed_at[self.query_seq] = time.perf_counter()
+        self.typed_at[self.query_seq] = time.perf_counter()
         self._run_query(event.value, self.query_seq)
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

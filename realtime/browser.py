@@ -112,7 +112,6 @@ class BrowserSession:
         self._held: list[int] = []
         self._played_keys: set[str] = set()
         self.synths: dict = {}
-        self.rank_ms: list[float] = []
 
     # -- query and ranking --------------------------------------------------------------------------------------
     def set_query(self, text: str) -> None:
@@ -144,7 +143,6 @@ class BrowserSession:
         return self.searcher.query_vector(Query(like=path, prompts=prompts))
 
     def rerank(self) -> list[dict]:
-        t0 = time.perf_counter()
         self.searcher.refresh()
         index = self.searcher.index
         keep = None
@@ -169,7 +167,6 @@ class BrowserSession:
         self.results = results
         if self.selected_key is None and results:
             self.select(0)
-        self.rank_ms.append(1000 * (time.perf_counter() - t0))
         return results
 
     def _row_for(self, key: str) -> dict | None:
