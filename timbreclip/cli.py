@@ -180,10 +180,14 @@ def _run_similarity(args) -> int:
 def _add_dataset(sub) -> None:
     p = sub.add_parser("dataset", help="build labelled patch folders")
     dsub = p.add_subparsers(dest="dataset_command", required=True, metavar="ACTION")
-    r = dsub.add_parser("render", help="render soundfont presets into a labelled patch folder",
+    r = dsub.add_parser("render", help="render soundfont or synth presets into a labelled patch folder",
                         description="Render every melodic preset of the soundfonts (16 notes, 3 s + 1 s, 16 kHz "
-                                    "mono) into a labelled patch folder with metadata.csv. Resumable.")
-    r.add_argument("--soundfont", nargs="+", required=True, metavar="FILE", help=".sf2 / .sf3 files")
+                                    "mono), or every preset of real synthesizers (11 notes, C2..C7), into a labelled "
+                                    "patch folder with metadata.csv. Resumable.")
+    r.add_argument("--soundfont", nargs="+", metavar="FILE", help=".sf2 / .sf3 files")
+    r.add_argument("--synth", nargs="+", metavar="NAME", choices=("amsynth", "dx7", "whysynth"),
+                   help="synthesizers: amsynth (its banks), dx7 (hexter's voices through Dexed), whysynth (its "
+                        "patches with a category: the held-out synth test set)")
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--pitch-variants", type=int, default=0,
                    help="extra pitch-shifted renders per note (augmentation; default 0)")
@@ -195,10 +199,15 @@ def _add_dataset(sub) -> None:
 
 
 def _run_dataset_render(args) -> int:
-    from timbreclip.training.render import render_soundfonts
+    from timbreclip.training.render import render_soundfonts, render_synths
 
-    path = render_soundfonts(args.soundfont, args.out, variants=args.pitch_variants, processes=args.processes,
-                             seed=args.seed, limit_presets=args.limit_presets)
+    if bool(args.soundfont) == bool(args.synth):
+        return _fail("dataset render: give --soundfont FILE... or --synth NAME... (one kind per folder)")
+    if args.synth:
+        path = render_synths(args.synth, args.out, processes=args.processes, limit_presets=args.limit_presets)
+    else:
+        path = render_soundfonts(args.soundfont, args.out, variants=args.pitch_variants, processes=args.processes,
+                                 seed=args.seed, limit_presets=args.limit_presets)
     import csv
 
     with open(path, newline="") as f:
@@ -214,7 +223,10 @@ def _add_train(sub) -> None:
                        description="Contrastive training against the frozen text encoder. Runs as is on one CPU, or "
                                    "under torchrun (DistributedDataParallel) on many processes or GPUs.")
     p.add_argument("--config", default="scratch-cpu", help="shipped config name (paper, scratch-cpu) or JSON file")
-    p.add_argument("--data", required=True, help="labelled patch folder (or NSynth json/wav folder) to train on")
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                   help="labelled patch folder(s) (or NSynth json/wav folders) to train on, read as one set")
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (CUDA where present; default auto); "
+                   "bf16 autocast on CUDA")
     p.add_argument("--out", required=True, help="run folder: best/, last/, log.jsonl")
     p.add_argument("--init", nargs=2, metavar=("KIND", "FILE"), help="initial weights: wav2clip FILE, or model DIR (a TimbreCLIP model "
                    "folder, e.g. timbreclip/model, to fine-tune)")
@@ -242,8 +254,9 @@ def _run_train(args) -> int:
             raise TimbreclipError(f"--init {kind}: use 'wav2clip FILE' or 'model DIR'")
         init_file, init_model = (path, None) if kind == "wav2clip" else (None, path)
         cfg = replace(cfg, init=kind)
-    result = train(cfg, args.data, args.out, resume=args.resume, init_wav2clip=init_file, init_model=init_model,
-                   cache_dir=args.cache)
+    data = args.data[0] if len(args.data) == 1 else args.data
+    result = train(cfg, data, args.out, resume=args.resume, init_wav2clip=init_file, init_model=init_model,
+                   cache_dir=args.cache, device=args.device)
     print(f"best validation score {result['best_score']:.2f} at epoch {result['best_epoch']} "
           f"({result['epochs_run']} epochs run); model in {args.out}/best")
     return 0

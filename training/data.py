@@ -50,7 +50,7 @@ def note_words(note: Note) -> list[str]:
 
 def build_note_set(notes: list[Note]) -> NoteSet:
     words = [note_words(n) for n in notes]
-    texts = [sound_texts(n.title, n.instrument, n.category, n.source, w) for n, w in zip(notes, words)]
+    texts = [sound_texts(n.title, n.instrument, n.category, w) for n, w in zip(notes, words)]
     base, variants = [], {}
     key_to_base: dict[tuple[str, float], int] = {}
     for i, n in enumerate(notes):
@@ -64,19 +64,38 @@ def build_note_set(notes: list[Note]) -> NoteSet:
     return NoteSet(notes, texts, words, base, variants)
 
 
-def split_validation(notes: list[Note], seed: int, per_family: int = 1) -> tuple[list[int], list[int]]:
-    """Indices of training and validation notes: whole GM programs held out (see module docstring)."""
+def split_validation(notes: list[Note], seed: int, per_family: int = 1,
+                     synth_share: float = 0.1) -> tuple[list[int], list[int]]:
+    """Indices of training and validation notes (see module docstring).
+
+    Notes with a GM ``program`` (soundfonts): ``per_family`` whole programs per GM family held out across every
+    font and bank. Notes without one (synth presets, other folders): a ``synth_share`` of name groups held out per
+    source, a name group being the patches whose titles agree once trailing indices are stripped ("Rezo Bass",
+    "Rezo Bass 2"), so near-duplicates never straddle the split."""
+    from .labels import strip_index
+
     rng = np.random.default_rng(seed)
     programs = [n.extra.get("program") for n in notes]
-    if all(p not in (None, "") for p in programs):
+    is_val = [False] * len(notes)
+    gm = [i for i, p in enumerate(programs) if p not in (None, "")]
+    if gm:
         held = set()
         for family in range(len(GM_FAMILIES)):
             held.update(int(p) for p in rng.choice(np.arange(8 * family, 8 * family + 8), per_family, replace=False))
-        is_val = [int(p) in held for p in programs]
-    else:
-        patches = sorted({n.patch_id for n in notes})
-        held_patches = set(rng.choice(patches, max(1, len(patches) // 8), replace=False))
-        is_val = [n.patch_id in held_patches for n in notes]
+        for i in gm:
+            is_val[i] = int(programs[i]) in held
+    other = [i for i, p in enumerate(programs) if p in (None, "")]
+    if other:
+        group_of: dict[str, tuple[str, str]] = {}
+        for i in other:
+            n = notes[i]
+            group_of.setdefault(n.patch_id, (n.source, strip_index(n.title).lower()))
+        groups = sorted(set(group_of.values()))
+        synth_rng = np.random.default_rng([seed, 1])
+        count = max(1, int(round(len(groups) * synth_share)))
+        held_groups = {groups[k] for k in synth_rng.choice(len(groups), min(count, len(groups)), replace=False)}
+        for i in other:
+            is_val[i] = group_of[notes[i].patch_id] in held_groups
     train = [i for i, v in enumerate(is_val) if not v]
     val = [i for i, v in enumerate(is_val) if v]
     if not train or not val:
@@ -111,8 +130,19 @@ def read_nsynth(folder: str | os.PathLike) -> list[Note]:
     return notes
 
 
-def read_any(folder: str | os.PathLike) -> list[Note]:
-    """A labelled patch folder (metadata.csv) or an NSynth json/wav folder."""
+def read_any(folder) -> list[Note]:
+    """A labelled patch folder (metadata.csv) or an NSynth json/wav folder; a list of folders is read as one set
+    (patch ids must not repeat across them)."""
+    if isinstance(folder, (list, tuple)):
+        notes, owner = [], {}
+        for f in folder:
+            part = read_any(f)
+            ids = {n.patch_id for n in part}
+            for pid in sorted(ids & set(owner)):
+                raise DatasetError(f"{f}: patch id {pid} is also in {owner[pid]} (one patch, one folder)")
+            owner.update(dict.fromkeys(ids, str(f)))
+            notes += part
+        return notes
     if (Path(folder) / "examples.json").exists() and not (Path(folder) / "metadata.csv").exists():
         return read_nsynth(folder)
     return read_patch_folder(folder)

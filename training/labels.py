@@ -72,17 +72,33 @@ def descriptor_words(d: dict[str, str | float]) -> list[str]:
     return words
 
 
-def sound_texts(title: str, instrument: str, category: str, source: str, words: list[str]) -> list[str]:
-    """Every text that describes one sound (deduplicated, order kept)."""
+def sound_texts(title: str, instrument: str, category: str, words: list[str]) -> list[str]:
+    """Every text that describes one sound (deduplicated, order kept): title, title without its index, "title
+    category", category, instrument, timbre words and their combinations, and plain-language descriptions. The
+    source (a soundfont's or synth's name) is not a text: it says nothing about the sound on another source."""
     t = strip_index(title)
     texts = [title, t, f"{t} {category}", category]
     if instrument:
         texts.append(instrument)
-    if source:
-        texts.append(source)
     for w in words:
         texts += [w, f"{w} {category}", f"{w} {t}"]
+    texts += descriptions(category, instrument, words)
     return list(dict.fromkeys(x for x in texts if x))
+
+
+def sample_texts(texts: list[str], title: str, category: str, rng, count: int) -> list[str]:
+    """A few of one sound's texts for one training step: its title (as named or without its index), its category
+    with probability 0.5, and random others up to ``count``. Title and category are then drawn far more often than
+    any of the ~15 other texts, which otherwise dilute their pull (the last run's diagnosis)."""
+    t = strip_index(title)
+    chosen = [title if rng.random() < 0.5 else t]
+    if category and rng.random() < 0.5:
+        chosen.append(category)
+    rest = [x for x in texts if x not in chosen]
+    need = max(0, count - len(chosen))
+    if rest and need:
+        chosen += [rest[k] for k in rng.choice(len(rest), min(need, len(rest)), replace=False)]
+    return chosen
 
 
 @dataclass(frozen=True)
@@ -111,3 +127,77 @@ EQ_ARCHETYPES = (
     EQArchetype("bass", ((80.0, 250.0), (6.0, 12.0)), None, ("bass-heavy", "boomy", "more bass")),
     EQArchetype("thin", ((200.0, 600.0), (-18.0, -8.0)), None, ("thin", "thinner")),
 )
+
+
+# -- synth preset names -> a category and an instrument (amsynth and DX7 name no category) ----------------------------
+# Checked in order; a word matches at a word start, case-insensitive ("EP" and "E.PIANO" -> Electric Piano). The
+# categories are the GM family names, so one text space serves soundfonts and synths.
+NAME_RULES = (
+    (r"e\.? ?piano|\bep\b|rhodes|wurl|dyno|suitcase|tine", "Piano", "Electric Piano"),
+    (r"clav", "Piano", "Clavinet"),
+    (r"harpsi", "Piano", "Harpsichord"),
+    (r"piano|\bgrand\b|honky", "Piano", "Acoustic Grand Piano"),
+    (r"marimba|xylo|vibe|vibra|glock|celest|music ?box|kalimba|tub\.? ?bell|bell|chime|mallet", "Chromatic Percussion", "Bells"),
+    (r"organ|hammond|church|pipe ?org|accord|harmonium|drawbar|b3\b", "Organ", "Organ"),
+    (r"guit|gtr|strat|pluck|harp|koto|sitar|banjo|mandol|lute|shamisen", "Guitar", "Plucked String"),
+    (r"bass", "Bass", "Synth Bass"),
+    (r"string|violin|viola|cello|fiddle|orchestr|pizz", "Strings", "Strings"),
+    (r"choir|voice|vox|vocal|\baah|\booh|human", "Ensemble", "Choir"),
+    (r"trumpet|trombone|horn|brass|tuba|bugle|cornet", "Brass", "Brass"),
+    (r"sax|clarinet|oboe|bassoon|reed", "Reed", "Reed"),
+    (r"flute|pipe|whistle|ocarina|recorder|pan ?flute|shakuhachi|blow|breath", "Pipe", "Flute"),
+    (r"lead|solo|mono|saw|square|sync", "Synth Lead", "Synth Lead"),
+    (r"pad|sweep|atmos|ambien|warm|haze|evolv|texture|drone|space|cloud", "Synth Pad", "Synth Pad"),
+    (r"fx|effect|noise|zap|laser|siren|wind|rain|alien|robot|sci|drop|riser|wobble", "Synth Effects", "Synth Effects"),
+    (r"drum|kick|snare|tom\b|perc|hat|cymbal|clap|timpani|conga|steel ?drum", "Percussive", "Percussion"),
+)
+_NAME_RULES = tuple((re.compile(r"(?:^|(?<=[^a-z]))(?:" + pattern + ")", re.I), cat, inst)
+                    for pattern, cat, inst in NAME_RULES)
+
+
+def name_family(title: str) -> tuple[str, str]:
+    """``(category, instrument)`` a preset name implies, or ``("", "")`` when its words say nothing."""
+    for pattern, category, instrument in _NAME_RULES:
+        if pattern.search(title):
+            return category, instrument
+    return "", ""
+
+
+# -- plain-language descriptions -----------------------------------------------------------------------------------
+# What people call a category, beside its GM family name ("keys" for Piano, "pad" for Synth Pad).
+CATEGORY_WORDS = {
+    "Piano": ("piano", "keys", "keyboard"), "Chromatic Percussion": ("bell", "mallet", "tuned percussion"),
+    "Organ": ("organ",), "Guitar": ("guitar", "plucked string"), "Bass": ("bass",),
+    "Strings": ("strings", "string section"), "Ensemble": ("ensemble", "choir"),
+    "Brass": ("brass", "horn section"), "Reed": ("reed", "woodwind"), "Pipe": ("flute", "woodwind"),
+    "Synth Lead": ("synth lead", "lead"), "Synth Pad": ("pad", "synth pad"),
+    "Synth Effects": ("sound effect", "synth effect"), "Ethnic": ("world instrument",),
+    "Percussive": ("percussion",), "Sound Effects": ("sound effect",), "Synth": ("synth", "synthesizer"),
+}
+_ENVELOPE_ADJECTIVES = {"percussive": "plucked", "soft attack": "slow", "sustained": "sustained",
+                        "decaying": "decaying"}
+_TAIL_PHRASES = {"short release": "with a short release", "long release": "with a long release",
+                 "noisy": "with noise in it"}
+
+
+def descriptions(category: str, instrument: str, words: list[str], rng=None, count: int = 2) -> list[str]:
+    """Plain-language sentences for one sound from its labels and measured words, e.g. "a bright plucked bass with
+    a short release"; ``count`` of them (deterministic without ``rng``: the first word choices)."""
+    nouns = list(CATEGORY_WORDS.get(category, ()))
+    if instrument and instrument.lower() not in nouns and "(" not in instrument:
+        nouns.append(instrument.lower())
+    if not nouns:
+        nouns = ["synth sound"]
+    tone = [w for w in words if w in ("bright", "dark")]
+    envelope = [_ENVELOPE_ADJECTIVES[w] for w in words if w in _ENVELOPE_ADJECTIVES]
+    tails = [_TAIL_PHRASES[w] for w in words if w in _TAIL_PHRASES]
+    out = []
+    for k in range(count):
+        pick = (lambda xs: xs[int(rng.integers(len(xs)))]) if rng is not None else (lambda xs: xs[k % len(xs)])
+        adjectives = tone[:1] + envelope[:1]
+        phrase = " ".join(adjectives + [pick(nouns)])
+        if tails and (rng is None or rng.random() < 0.6):
+            phrase += " " + pick(tails)
+        article = "an" if phrase[0] in "aeiou" else "a"
+        out.append(f"{article} {phrase}")
+    return list(dict.fromkeys(out))

@@ -83,10 +83,6 @@ def render_preset(job: tuple) -> list[dict]:
 def render_soundfonts(fonts: list[str], out_dir: str | os.PathLike, variants: int = 0, processes: int = 2,
                       seed: int = 0, limit_presets: int | None = None, progress: bool = True) -> Path:
     """Render every melodic preset of ``fonts`` into ``out_dir`` and write its ``metadata.csv``."""
-    from multiprocessing import get_context
-
-    from tqdm import tqdm
-
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TimbreclipError(f"{out_dir}: exists and is not a folder")
@@ -99,19 +95,94 @@ def render_soundfonts(fonts: list[str], out_dir: str | os.PathLike, variants: in
         if not presets:
             raise TimbreclipError(f"{font}: no melodic presets")
         jobs += [(p, str(out), variants, seed) for p in presets[:limit_presets]]
+    return _run_jobs(render_preset, jobs, out, processes, progress)
+
+
+# -- real synthesizers (library/synths.py) ---------------------------------------------------------------------------
+SYNTH_PITCHES = tuple(range(36, 97, 6))  # C and F# from C2 to C7 (11 keys): a synth patch's playable range
+WHYSYNTH_TEST_CATEGORIES = frozenset({"Keys", "Effect", "Sweep", "Organ", "Lead", "Vocal", "Bass", "Bells", "Strings",
+                                      "Brass", "Pad", "Piano", "Wind"})  # not [K4oid], Xsynth, [test], [devel]
+
+
+def render_synth_preset(job: tuple) -> list[dict]:
+    """Render one synth preset's notes into ``out_dir`` (resumable like ``render_preset``); its metadata rows."""
+    from timbreclip.library.synths import measured_pitch, render_synth_notes
+
+    from .labels import name_family
+
+    preset, out_dir = job
+    folder_rel = Path(preset.source) / f"{preset.bank}-{preset.index:04d}-{_slug(preset.name)}"
+    folder = Path(out_dir) / folder_rel
+    done = folder / "notes.json"
+    if done.exists():
+        return json.loads(done.read_text())
+    folder.mkdir(parents=True, exist_ok=True)
+    if preset.source == "whysynth":
+        category, instrument = preset.category, ""
+    else:
+        category, instrument = name_family(preset.name)
+        category = category or "Synth"
+    rows = []
+    for key, audio in render_synth_notes(preset, SYNTH_PITCHES):
+        level = peak_dbfs(audio)
+        if level < SILENCE_DBFS:
+            continue
+        audio = audio * (10 ** (NORMALISE_DBFS / 20) / 10 ** (level / 20))
+        pitch = measured_pitch(audio, key, SAMPLE_RATE)
+        name = f"{key:03d}.wav"
+        write_audio(folder / name, audio, SAMPLE_RATE, bit_depth=16)
+        d = note_descriptors(audio, SAMPLE_RATE, pitch, HELD_S)
+        rows.append({
+            "path": str(folder_rel / name), "patch_id": preset.patch_id, "title": preset.name, "category": category,
+            "pitch": pitch, "instrument": instrument, "source": preset.source, "velocity": VELOCITY,
+            "bank": preset.bank, "preset_index": preset.index, "key": key, "pitch_shift": 0.0,
+            "peak_dbfs_rendered": round(level, 2),
+            **{k2: round(v, 5) if isinstance(v, float) else v for k2, v in d.as_dict().items()},
+        })
+    tmp = folder / f".notes.json.tmp-{os.getpid()}"
+    tmp.write_text(json.dumps(rows))
+    os.replace(tmp, done)
+    return rows
+
+
+def render_synths(sources: list[str], out_dir: str | os.PathLike, processes: int = 2,
+                  limit_presets: int | None = None, progress: bool = True) -> Path:
+    """Render every preset of the synth ``sources`` (amsynth, dx7, whysynth) into ``out_dir``, with metadata.csv.
+    WhySynth keeps only patches whose category names a kind of sound (its test-set role)."""
+    from timbreclip.library.synths import list_synth_presets
+
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise TimbreclipError(f"{out_dir}: exists and is not a folder")
+    jobs = []
+    for source in sources:
+        presets = list_synth_presets(source)
+        if source == "whysynth":
+            presets = [p for p in presets if p.category in WHYSYNTH_TEST_CATEGORIES]
+        jobs += [(p, str(out)) for p in presets[:limit_presets]]
+    out.mkdir(parents=True, exist_ok=True)
+    return _run_jobs(render_synth_preset, jobs, out, processes, progress)
+
+
+def _run_jobs(work, jobs: list, out: Path, processes: int, progress: bool) -> Path:
+    from multiprocessing import get_context
+
+    from tqdm import tqdm
+
     rows: list[dict] = []
     bar = tqdm(total=len(jobs), unit="preset", disable=not progress)
     if processes > 1:
         with get_context("spawn").Pool(processes) as pool:
-            for result in pool.imap_unordered(render_preset, jobs, chunksize=1):
+            for result in pool.imap_unordered(work, jobs, chunksize=1):
                 rows += result
                 bar.update()
     else:
         for job in jobs:
-            rows += render_preset(job)
+            rows += work(job)
             bar.update()
     bar.close()
     if not rows:
-        raise TimbreclipError(f"{out_dir}: every rendered note was silent")
-    rows.sort(key=lambda r: (r["source"], r["bank"], r["program"], r["pitch"], r["path"]))
+        raise TimbreclipError(f"{out}: every rendered note was silent")
+    rows.sort(key=lambda r: (r["source"], str(r["bank"]), r.get("program", r.get("preset_index", 0)), r["pitch"],
+                             r["path"]))
     return write_metadata(out, rows)

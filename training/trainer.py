@@ -46,7 +46,7 @@ from timbreclip.neural.model import ModelConfig, TimbreCLIP
 
 from .data import RandomEQ, augment_batch, random_crop, build_note_set, mel_cache, read_any, split_validation
 from .evaluation import QUERY_TYPES, evaluate_embeddings, load_eval_set, timbre_word_accuracy
-from .labels import DIRECTION_WORDS, EQ_ARCHETYPES
+from .labels import DIRECTION_WORDS, EQ_ARCHETYPES, sample_texts
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 
@@ -69,6 +69,8 @@ class TrainConfig:
     freq_mask_width: int = 8
     patience: int = 10
     val_programs_per_family: int = 1
+    val_synth_share: float = 0.1  # share of synth name groups held out (notes without a GM program)
+    texts_per_step: int | None = None  # texts sampled per sound per step (labels.sample_texts); None = all
     seed: int = 0
     direction_weight: float = 0.0  # weight of the direction loss (module docstring); 0 = off
     direction_pairs: int = 32  # clips per batch that get the direction loss
@@ -240,6 +242,7 @@ class _Run:
     steps_per_epoch: int
     total_steps: int
     warmup: int
+    device: torch.device = torch.device("cpu")
     start_epoch: int = 0
     best_score: float = -1.0
     best_epoch: int = -1
@@ -273,8 +276,21 @@ def _load_rng(run: _Run, last: Path, trainer_state: dict) -> None:
         run.rng.bit_generator.state = trainer_state["numpy_rng"]
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (CUDA where there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; one clear error otherwise."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TimbreclipError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise TimbreclipError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
+
+
 def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, init_model, cache_dir,
-            progress: bool, log) -> _Run:
+            progress: bool, log, device: str | None = "auto") -> _Run:
     """Data, split, model (fresh, Wav2CLIP or a TimbreCLIP start), feature cache, optimiser; resumed state."""
     rank, world = _dist()
     torch.manual_seed(cfg.seed)
@@ -285,7 +301,7 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
     out.mkdir(parents=True, exist_ok=True)
 
     notes = read_any(data_dir)
-    train_idx, val_idx = split_validation(notes, cfg.seed, cfg.val_programs_per_family)
+    train_idx, val_idx = split_validation(notes, cfg.seed, cfg.val_programs_per_family, cfg.val_synth_share)
     note_set = build_note_set(notes)
     train_set, val_set = set(train_idx), set(val_idx)
     train_base = [i for i in note_set.base if i in train_set]
@@ -311,7 +327,7 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
         if architecture(start.config) != architecture(model_cfg):
             raise TimbreclipError(f"{init_model}: its model config differs from the training config's ({cfg.model})")
         trained = start.config.provenance.get("training", {}).get("config", {})
-        for key in ("seed", "val_programs_per_family"):  # the split depends on these: another split would leak
+        for key in ("seed", "val_programs_per_family", "val_synth_share"):  # the split depends on these
             if key in trained and trained[key] != getattr(cfg, key):
                 raise TimbreclipError(f"{init_model}: was trained with {key}={trained[key]}, this config has "
                                       f"{getattr(cfg, key)}: its validation notes would include training notes")
@@ -331,19 +347,22 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
                        | {f"{a.words[0]} {n.category}" for a in EQ_ARCHETYPES for n in notes}
                        | set(DIRECTION_TEXTS))
     model.text.encode_frozen(all_texts)
+    dev = resolve_device(device)
+    model.to(dev)
 
     trainable = ContrastiveModule(model)
     wrapped: nn.Module = trainable
     if world > 1:
-        wrapped = nn.parallel.DistributedDataParallel(trainable)
+        wrapped = nn.parallel.DistributedDataParallel(trainable, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
     steps_per_epoch = max(1, len(train_base) // cfg.batch_size)
     if cfg.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
-    run = _Run(cfg, rank, world, out, str(data_dir), notes, note_set, train_base, val_base, model, trainable, wrapped,
+    data_label = "+".join(map(str, data_dir)) if isinstance(data_dir, (list, tuple)) else str(data_dir)
+    run = _Run(cfg, rank, world, out, data_label, notes, note_set, train_base, val_base, model, trainable, wrapped,
                opt, RandomEQ(fe_cfg), cache, rng, init_provenance, steps_per_epoch, steps_per_epoch * cfg.epochs,
-               int(cfg.warmup_epochs * steps_per_epoch))
+               int(cfg.warmup_epochs * steps_per_epoch), dev)
     if resume:
         last = out / "last"
         state_file = last / "trainer_state.json"
@@ -351,6 +370,7 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
             raise TimbreclipError(f"{last}: nothing to resume (no trainer_state.json)")
         loaded = TimbreCLIP.load(last, text_encoder=model.text.frozen)
         model.load_state_dict(loaded.state_dict())
+        model.to(dev)
         _load_optimizer(opt, last / "optimizer.safetensors")
         st = json.loads(state_file.read_text())
         run.start_epoch, run.best_score, run.best_epoch, run.step = (st["epoch"] + 1, st["best_score"],
@@ -378,27 +398,41 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
         batch_base = [run.train_base[j] for j in window][run.rank::run.world]
         picks = [int(rng.choice(note_set.variants[i])) for i in batch_base]
         logmel = torch.from_numpy(np.asarray(run.cache[sorted(picks)], dtype=np.float32))
+        if run.device.type == "cuda":
+            logmel = logmel.pin_memory()
         order_back = np.argsort(np.argsort(picks))
         logmel = logmel[torch.from_numpy(order_back)]
         texts = [note_set.texts[i] for i in picks]
         features, texts = augment_batch(logmel, texts, [notes[i].category for i in picks], rng, run.random_eq,
                                         cfg.p_eq, cfg.crop_frames, cfg.freq_masks, cfg.freq_mask_width)
-        batch_texts = sorted({t for ts in texts for t in ts})
+        shown = texts
+        if cfg.texts_per_step:  # a few texts per sound: title and category weighted up, an EQ's words kept
+            shown = []
+            for i, ts in zip(picks, texts):
+                own = set(note_set.texts[i])
+                chosen = sample_texts(ts, notes[i].title, notes[i].category, rng, cfg.texts_per_step)
+                eq_words = [t for t in ts if t not in own and t not in chosen]
+                shown.append(chosen + eq_words[:1])
+        batch_texts = sorted({t for ts in shown for t in ts})
         index = {t: j for j, t in enumerate(batch_texts)}
         positives = torch.zeros(len(texts), len(batch_texts), dtype=torch.bool)
-        for i, ts in enumerate(texts):
-            positives[i, [index[t] for t in ts]] = True
+        for i, ts in enumerate(texts):  # every text in the batch that describes the sound is a positive
+            positives[i, [index[t] for t in ts if t in index]] = True
         for g in run.opt.param_groups:
             g["lr"] = _lr_at(run.step, run.total_steps, run.warmup, cfg)
         extra_texts, pairs = [], 0
         if cfg.direction_weight > 0:  # one forward for both losses (DDP wants one per backward)
             fa, fb, signs = _direction_batch(logmel, rng, run.random_eq, cfg.direction_pairs, cfg.crop_frames)
             features, extra_texts, pairs = torch.cat([features, fa, fb]), DIRECTION_TEXTS, len(fa)
-        za, zt, scale = run.wrapped(features, run.model.text.encode_frozen(batch_texts + extra_texts))
+        dev = run.device
+        features = features.to(dev, non_blocking=True)
+        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=dev.type == "cuda"):
+            za, zt, scale = run.wrapped(features, run.model.text.encode_frozen(batch_texts + extra_texts).to(dev))
+        za, zt = za.float(), zt.float()
         n, m = len(za) - 2 * pairs, len(batch_texts)
-        loss = multi_positive_loss(za[:n], zt[:m], scale, positives)
+        loss = multi_positive_loss(za[:n], zt[:m], scale, positives.to(dev))
         if pairs:
-            dloss = direction_loss(za[n:n + pairs], za[n + pairs:], zt[m:], signs, scale.detach())
+            dloss = direction_loss(za[n:n + pairs], za[n + pairs:], zt[m:], signs.to(dev), scale.detach())
             loss = loss + cfg.direction_weight * dloss
             dlosses.append(dloss.item())
         run.opt.zero_grad(set_to_none=True)
@@ -416,11 +450,13 @@ def _validate(run: _Run, val_set, val_features: torch.Tensor, val_words) -> tupl
     """Validation retrieval: the selection score, the report, and the timbre-word accuracy."""
     model = run.model
     model.eval()
+    dev = run.device
     with torch.no_grad():
-        val_emb = torch.cat([model.audio(val_features[i:i + 256]) for i in range(0, len(val_features), 256)]).numpy()
+        val_emb = torch.cat([model.audio(val_features[i:i + 256].to(dev)).float().cpu()
+                             for i in range(0, len(val_features), 256)]).numpy()
 
     def encode(ts):
-        return model.encode_text(ts).detach().numpy()
+        return model.encode_text(ts).detach().float().cpu().numpy()
 
     report = evaluate_embeddings(val_set, val_emb, encode)
     score = float(np.mean([report[d][q][f"R@{k}"] for d in report for q in QUERY_TYPES for k in (1, 5, 10)]))
@@ -440,12 +476,13 @@ def _checkpoint(run: _Run, epoch: int, score: float, improved: bool) -> None:
         "epoch": epoch, "step": run.step, "best_score": run.best_score, "best_epoch": run.best_epoch}))
 
 
-def train(cfg: TrainConfig, data_dir: str | os.PathLike, out_dir: str | os.PathLike, resume: bool = False,
+def train(cfg: TrainConfig, data_dir, out_dir: str | os.PathLike, resume: bool = False,
           init_wav2clip: str | None = None, init_model: str | None = None, cache_dir: str | os.PathLike | None = None,
-          progress: bool = True, log=print) -> dict:
-    """Train on ``data_dir``; writes ``out_dir/best`` (model dir), ``out_dir/last`` and ``out_dir/log.jsonl``."""
-    run = _set_up(cfg, data_dir, out_dir, resume, init_wav2clip, init_model, cache_dir, progress, log)
-    val_set = load_eval_set(data_dir, [run.notes[i] for i in run.val_base])  # same order as val_base
+          progress: bool = True, log=print, device: str | None = "auto") -> dict:
+    """Train on ``data_dir`` (one folder or a list read as one set); writes ``out_dir/best`` (model dir),
+    ``out_dir/last`` and ``out_dir/log.jsonl``. ``device``: auto (CUDA where present), cpu or cuda."""
+    run = _set_up(cfg, data_dir, out_dir, resume, init_wav2clip, init_model, cache_dir, progress, log, device)
+    val_set = load_eval_set(run.data_dir, [run.notes[i] for i in run.val_base])  # same order as val_base
     val_features = FrontEnd.standardise(torch.from_numpy(np.asarray(run.cache[run.val_base], dtype=np.float32)))
     val_words = [run.note_set.words[i] for i in run.val_base]
     history = []
