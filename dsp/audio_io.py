@@ -234,32 +234,47 @@ def process_file(
     allow_clipping: bool = False,
     progress: bool = True,
     chunk_frames: int = CHUNK_FRAMES,
+    match_loudness: bool = False,
+    ceiling_dbfs: float = 0.0,
 ) -> dict[str, float]:
     """Stream ``in_path`` through a stateful block processor into ``out_path``, in bounded memory.
 
-    ``make_processor(sample_rate, channels)`` returns a fresh processor ``block -> block``. Unless
-    ``allow_clipping``, a first pass measures the output's peak; if it would pass 0 dBFS the second pass scales the
-    output down so it peaks at 0 dBFS (the returned ``scale_db`` says by how much). Output keeps the input's rate
-    and channel count. Returns ``{"sample_rate", "channels", "frames", "peak", "scale_db"}``.
-    """
+    ``make_processor(sample_rate, channels)`` returns a fresh processor ``block -> block``. A first pass measures
+    the output's peak (and, with ``match_loudness``, the input's and the output's integrated loudness); the second
+    pass writes the output with the gain ``dsp.loudness.match_and_guard`` decides: the loudness match, then, unless
+    ``allow_clipping``, the anti-clip rule (a peak above ``ceiling_dbfs`` is brought down to it). Output keeps the
+    input's rate, channel count and sample format. Returns ``{"sample_rate", "channels", "frames", "peak",
+    "scale_db", "match_db", "clip_db"}`` (``scale_db`` = the whole gain applied)."""
     from pedalboard.io import AudioFile
     from tqdm import tqdm
+
+    from .loudness import LoudnessMeter, match_and_guard
 
     rate, channels, frames = audio_info(in_path)
     stored = source_dtype(in_path)
     if frames == 0:
         raise AudioFileError(f"{in_path}: contains no audio (zero length)")
     show = progress and frames > 30 * rate
-    passes = 1 if allow_clipping else 2
-    bar = tqdm(total=frames * passes, unit="frame", unit_scale=True, disable=not show, leave=False)
+    measure = match_loudness or not allow_clipping
+    bar = tqdm(total=frames * (2 if measure else 1), unit="frame", unit_scale=True, disable=not show, leave=False)
 
-    peak = 0.0
-    if not allow_clipping:
+    match_db = clip_db = 0.0
+    if measure:
         process = make_processor(rate, channels)
+        meters = (LoudnessMeter(rate, channels), LoudnessMeter(rate, channels)) if match_loudness else None
+        peak = 0.0
         for chunk in iter_chunks(in_path, chunk_frames):
-            peak = max(peak, float(np.max(np.abs(process(chunk)), initial=0.0)))
+            y = process(chunk)
+            peak = max(peak, float(np.max(np.abs(y), initial=0.0)))
+            if meters:
+                meters[0].add(chunk)
+                meters[1].add(y)
             bar.update(chunk.shape[-1])
-    scale = 1.0 if allow_clipping or peak <= 1.0 else 1.0 / peak
+        peak_db = 20.0 * math.log10(peak) if peak > 0 else -240.0
+        gain = match_and_guard(meters[0].lufs() if meters else 0.0, meters[1].lufs() if meters else 0.0, peak_db,
+                               match=match_loudness, ceiling_dbfs=math.inf if allow_clipping else ceiling_dbfs)
+        match_db, clip_db = gain.match_db, gain.clip_db
+    scale = np.float32(10 ** ((match_db + clip_db) / 20))
     process = make_processor(rate, channels)
     out_peak = 0.0
     with atomic_output(out_path) as tmp:
@@ -273,7 +288,7 @@ def process_file(
                 for chunk in iter_chunks(in_path, chunk_frames):
                     y = process(chunk)
                     if scale != 1.0:
-                        y *= scale
+                        y = y * scale
                     out_peak = max(out_peak, float(np.max(np.abs(y), initial=0.0)))
                     writer.write(y)
                     bar.update(chunk.shape[-1])
@@ -286,7 +301,9 @@ def process_file(
         "channels": channels,
         "frames": frames,
         "peak": out_peak,
-        "scale_db": 20.0 * math.log10(scale),
+        "scale_db": match_db + clip_db,
+        "match_db": match_db,
+        "clip_db": clip_db,
     }
 
 

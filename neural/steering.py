@@ -32,7 +32,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from timbreclip.dsp.descriptors import peak_dbfs
 from timbreclip.dsp.errors import TimbreclipError
+from timbreclip.dsp.loudness import loudness_lufs, match_and_guard
 from timbreclip.dsp.parametric_eq import BandRanges, ParametricEQ
 from timbreclip.dsp.settings import EQSettings
 
@@ -216,8 +218,10 @@ class TextEQ:
     """
 
     def __init__(self, prompts: dict[str, float], model, source_weight: float = 0.5,
-                 config: SteeringConfig = SteeringConfig(), max_seconds: float | None = 60.0) -> None:
+                 config: SteeringConfig = SteeringConfig(), max_seconds: float | None = 60.0,
+                 match_loudness: bool = True) -> None:
         check_weights(prompts, source_weight)
+        self.match_loudness = match_loudness
         self.prompts = dict(prompts)
         self.model = model
         self.source_weight = source_weight
@@ -240,10 +244,22 @@ class TextEQ:
                                 "after": round(self.result.distance_after, 5)},
             "ranges": settings.provenance["ranges"] if settings.provenance else None,
         }
+        y = settings(x, sample_rate)
+        gain = match_and_guard(loudness_lufs(x, sample_rate), loudness_lufs(y, sample_rate), peak_dbfs(y),
+                               match=self.match_loudness)
+        settings.output_gain_db = gain.total_db
+        settings.provenance.update({"loudness_match_db": round(gain.match_db, 3),
+                                    "anti_clip_db": round(gain.clip_db, 3)})
         self.settings = settings
         return settings
 
     def __call__(self, audio, sample_rate: float) -> np.ndarray:
+        """The EQ applied (fitted on first use): loudness-matched to the audio it was fitted on, and never peaking
+        above ``dsp.loudness.CEILING_DBFS`` (-0.1 dBFS): audio that would is turned down, as the CLI does."""
         if self.settings is None:
             self.fit(audio, sample_rate)
-        return self.settings(audio, sample_rate)
+        y = self.settings(audio, sample_rate)
+        guard = match_and_guard(0.0, 0.0, peak_dbfs(y), match=False)
+        if guard.clip_db < 0:
+            y *= np.float32(10 ** (guard.clip_db / 20))
+        return y

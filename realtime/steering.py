@@ -20,6 +20,8 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 
+from timbreclip.dsp.descriptors import peak_dbfs
+from timbreclip.dsp.loudness import loudness_lufs, match_and_guard
 from timbreclip.dsp.settings import EQSettings
 
 SILENCE_DBFS = -60.0  # RMS of the window below this holds the EQ
@@ -86,10 +88,13 @@ class LiveSteerer:
         result = steer(self.model, windows, prompts, source_weight, self.config, start=start)
         settings = result.eq.to_settings(self.sample_rate)
         equalised = replace(settings, output_gain_db=0.0)(window, self.sample_rate)
-        compensation = max(-MAX_LOUDNESS_DB, min(MAX_LOUDNESS_DB, level - rms_dbfs(equalised)))
-        settings.output_gain_db = compensation
+        gain = match_and_guard(loudness_lufs(window, self.sample_rate), loudness_lufs(equalised, self.sample_rate),
+                               peak_dbfs(equalised), limit_db=MAX_LOUDNESS_DB)
+        settings.output_gain_db = gain.total_db
+        equalised *= np.float32(10 ** (gain.total_db / 20))
         settings.provenance = {"prompts": dict(prompts), "source_weight": source_weight, "live_update": update_id,
-                               "loudness_compensation_db": round(compensation, 3)}
+                               "loudness_compensation_db": round(gain.match_db, 3),
+                               "anti_clip_db": round(gain.clip_db, 3)}
         with torch.no_grad():
             text = self.model.embed_text(list(prompts))
             z = self.model.embed_audio(equalised, self.sample_rate)

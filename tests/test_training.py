@@ -280,10 +280,10 @@ def test_evaluate_validation_split_follows_the_models_training_seed(tiny_set):
         return m
 
     trained = model(other)
-    assert training_split(trained) == (other, 1)
+    assert training_split(trained) == (other, 1, 0.1)
     finetuned = model(0)
     finetuned.config.provenance = {"init_model": {"training": {"config": {"seed": other}}}}
-    assert training_split(finetuned) == (other, 1)
+    assert training_split(finetuned) == (other, 1, 0.1)
     report = evaluate_models(tiny_set, {"m": trained}, split="validation", use_cache=False)
     assert report["patches"] == size[other] != size[0]
     with pytest.raises(TimbreclipError, match="different validation splits"):

@@ -264,7 +264,7 @@ def _run_train(args) -> int:
 
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="cross-modal retrieval evaluation (the paper's Table 1) on a patch folder")
-    p.add_argument("dataset", help="labelled patch folder")
+    p.add_argument("dataset", nargs="+", help="labelled patch folder(s), read as one set")
     p.add_argument("--model", action="append", help="model directory (repeatable); default: the shipped model")
     p.add_argument("--backend", default="torch", choices=BACKENDS)
     p.add_argument("--json", dest="json_out", help="write the report as JSON")
@@ -290,7 +290,8 @@ def _run_evaluate(args) -> int:
         if path and Path(path).name in ("best", "last"):
             name = f"{Path(path).parent.name}/{Path(path).name}"
         models[name] = load_embedder(path, args.backend)
-    report = evaluate_models(args.dataset, models, args.json_out, args.markdown, args.plot,
+    dataset = args.dataset[0] if len(args.dataset) == 1 else args.dataset
+    report = evaluate_models(dataset, models, args.json_out, args.markdown, args.plot,
                              use_cache=not args.no_cache, split=args.split)
     print(markdown_table(report))
     return 0

@@ -9,34 +9,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from timbreclip import __version__
-from timbreclip.dsp.audio_io import check_listenable, read_audio, source_dtype, write_audio
-from timbreclip.dsp.descriptors import peak_dbfs
+from timbreclip.dsp.audio_io import check_listenable, process_file, read_audio
 from timbreclip.dsp.errors import AudioFileError
+from timbreclip.dsp.loudness import CEILING_DBFS, loudness_lufs  # noqa: F401 (loudness_lufs: part of the API)
 from timbreclip.dsp.settings import EQSettings
-
-
-
-METER_MAX_CHANNELS = 5  # what pyloudnorm's BS.1770 meter takes
-
-
-def loudness_lufs(audio: np.ndarray, rate: float) -> float:
-    """ITU-R BS.1770 integrated loudness (pyloudnorm); for audio under 0.4 s, the K-weighted-free RMS in dB.
-
-    Past 5 channels (the meter's limit) each channel is measured on its own and the powers are summed with weight 1
-    (BS.1770's sum over channels, gated per channel): any channel count a file format allows gets a loudness."""
-    import pyloudnorm
-
-    x = np.atleast_2d(audio).astype(np.float64)
-    if x.shape[-1] < int(0.4 * rate):
-        return 10 * math.log10(float(np.mean(x ** 2)) + 1e-12)
-    meter = pyloudnorm.Meter(rate)
-    if x.shape[0] <= METER_MAX_CHANNELS:
-        value = meter.integrated_loudness(x.T)
-    else:
-        per_channel = [meter.integrated_loudness(c) for c in x]
-        powers = [10 ** ((v + 0.691) / 10) for v in per_channel if math.isfinite(v)]
-        value = 10 * math.log10(sum(powers)) - 0.691 if powers else -math.inf
-    return float(value) if math.isfinite(value) else -120.0
 
 
 @dataclass
@@ -52,31 +28,39 @@ class EQRun:
 
 def run_eq(in_path: str, out_path: str, prompts: dict[str, float], model, source_weight: float, config,
            match_loudness: bool = True, excerpt_seconds: float | None = 60.0) -> EQRun:
+    """Fit the EQ on the file's first ``excerpt_seconds``, then stream the whole file through it
+    (``dsp.audio_io.process_file``): a pass that measures the input's and the output's loudness and the output's
+    peak, and a pass that writes the output with the loudness match and the anti-clip rule (``dsp.loudness``;
+    ceiling -0.1 dBFS). Memory stays bounded by the excerpt, whatever the file's length."""
+    from timbreclip.dsp.engine import BiquadCascade
     from timbreclip.neural.steering import TextEQ
 
     plugin = TextEQ(prompts, model, source_weight, config, max_seconds=excerpt_seconds)  # checks prompts first
-    audio, rate = read_audio(in_path)
+    audio, rate = read_audio(in_path, max_seconds=excerpt_seconds)
     try:
         check_listenable(audio, rate, in_path)
     except AudioFileError as err:
         raise AudioFileError(f"{err}: nothing to steer") from None
     settings = plugin.fit(audio, rate)
-    y = settings(audio, rate)  # the numba engine, in chunks
-    gain_db = 0.0
-    if match_loudness:
-        gain_db = loudness_lufs(audio, rate) - loudness_lufs(y, rate)
-    peak_after = peak_dbfs(y) + gain_db
-    clip_db = min(0.0, -0.1 - peak_after) if peak_after > -0.1 else 0.0
-    settings.output_gain_db = gain_db + clip_db
-    y *= 10 ** ((gain_db + clip_db) / 20)
-    settings.provenance.update({"loudness_match_db": round(gain_db, 3), "anti_clip_db": round(clip_db, 3),
+    sos = settings.sos(rate)
+
+    def make_processor(sample_rate: float, channels: int):
+        cascade = BiquadCascade(sos, channels, 0.0)
+        return lambda block: cascade.process(block)
+
+    report = process_file(in_path, out_path, make_processor, progress=False, match_loudness=match_loudness,
+                          ceiling_dbfs=CEILING_DBFS)
+    settings.output_gain_db = report["scale_db"]
+    settings.provenance.update({"loudness_match_db": round(report["match_db"], 3),
+                                "anti_clip_db": round(report["clip_db"], 3),
                                 "tool_version": __version__, "source_file": str(in_path)})
-    write_audio(out_path, y, rate, source_dtype=source_dtype(in_path))
     names = list(prompts)
     text = model.embed_text(names)
-    before = dict(zip(names, (text @ model.embed_audio(audio[..., : int((excerpt_seconds or 1e9) * rate)], rate)).tolist()))
-    after = dict(zip(names, (text @ model.embed_audio(y[..., : int((excerpt_seconds or 1e9) * rate)], rate)).tolist()))
-    return EQRun(settings, before, after, gain_db, clip_db, peak_dbfs(y), plugin.result)
+    before = dict(zip(names, (text @ model.embed_audio(audio, rate)).tolist()))
+    after = dict(zip(names, (text @ model.embed_audio(settings(audio, rate), rate)).tolist()))
+    peak = report["peak"]
+    return EQRun(settings, before, after, report["match_db"], report["clip_db"],
+                 20 * math.log10(peak) if peak > 0 else -240.0, plugin.result)
 
 
 def plot_eq_run(run: EQRun, in_audio: np.ndarray, out_audio: np.ndarray, rate: float, path: str, title: str) -> None:

@@ -340,6 +340,13 @@ def markdown_table(report: dict) -> str:
                      for d in ("text_to_patch", "audio_to_text") for c in cols]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
         lines.append("")
+    plain = {n: r for n, r in report.get("plain_language", {}).items() if r.get("queries")}
+    if plain:
+        lines += ["**PLAIN-LANGUAGE QUERIES** (training/queries/plain_language.json; text -> patch)", "",
+                  "| model | queries | hit@10 | P@10 | P@10 random |", "|---|---|---|---|---|"]
+        for name, r in plain.items():
+            lines.append(f"| {name} | {r['queries']} | {r['hit@10']:.1f} | {r['P@10']:.1f} | {r['P@10_random']:.1f} |")
+        lines.append("")
     return "\n".join(lines)
 
 
@@ -367,18 +374,68 @@ def curve_values(row: dict) -> dict[str, dict[str, list[float]]]:
     return {d: {qt: [row[d][qt][f"R@{k}"] for k in CURVE_KS] for qt in QUERY_TYPES} for d in row}
 
 
-def training_split(model) -> tuple[int, int]:
-    """The (seed, programs per family) a model's trainer held validation out with, from its provenance (a
-    fine-tuned model's own training config, else its starting model's); the trainer's defaults (0, 1) for a model
-    that carries none."""
+def training_split(model) -> tuple[int, int, float]:
+    """The (seed, programs per family, synth share) a model's trainer held validation out with, from its
+    provenance (a fine-tuned model's own training config, else its starting model's); the trainer's defaults
+    (0, 1, 0.1) for a model that carries none."""
     config = getattr(model, "config", None) or getattr(getattr(model, "model", None), "config", None)
     provenance = getattr(config, "provenance", {}) or {}
     while provenance:
         trained = provenance.get("training", {}).get("config", {})
         if "seed" in trained:
-            return int(trained["seed"]), int(trained.get("val_programs_per_family", 1))
+            return (int(trained["seed"]), int(trained.get("val_programs_per_family", 1)),
+                    float(trained.get("val_synth_share", 0.1)))
         provenance = provenance.get("init_model", {})
-    return 0, 1
+    return 0, 1, 0.1
+
+
+# -- plain-language queries (training/queries/plain_language.json) ------------------------------------------------
+PLAIN_LANGUAGE = Path(__file__).parent / "queries" / "plain_language.json"
+
+
+def plain_language_relevance(notes, patch_ids: list[str], path=PLAIN_LANGUAGE) -> list[tuple[str, np.ndarray]]:
+    """``[(query, relevant patch indices)]`` for the queries with at least one relevant patch among ``patch_ids``:
+    a soundfont patch is relevant by its GM program, a WhySynth patch by its category, another synth patch by its
+    (name-inferred) GM family."""
+    doc = json.loads(Path(path).read_text())
+    first = {}
+    for n in notes:
+        first.setdefault(n.patch_id, n)
+    out = []
+    for q in doc["queries"]:
+        programs, families, why = set(q["programs"]), set(q["families"]), set(q["whysynth"])
+        relevant = []
+        for k, pid in enumerate(patch_ids):
+            n = first[pid]
+            program = n.extra.get("program")
+            if program not in (None, ""):
+                hit = int(program) in programs
+            elif n.source == "whysynth":
+                hit = n.category in why
+            else:
+                hit = n.category in families
+            if hit:
+                relevant.append(k)
+        if relevant:
+            out.append((q["query"], np.array(relevant)))
+    return out
+
+
+def plain_language_scores(queries: list[tuple[str, np.ndarray]], note_emb: np.ndarray, note_patch: np.ndarray,
+                          n_patches: int, embed_texts, k: int = 10) -> dict:
+    """hit@k and precision@k of each plain-language query (text -> patch, a patch scored by its best note)."""
+    if not queries:
+        return {"queries": 0}
+    scores = patch_scores(embed_texts([q for q, _ in queries]), note_emb, note_patch, n_patches).numpy()
+    rows = {}
+    for (query, relevant), s in zip(queries, scores):
+        top = np.argsort(-s, kind="stable")[:k]
+        found = np.isin(top, relevant)
+        rows[query] = {"hit": bool(found.any()), "precision": float(found.mean()), "relevant": int(len(relevant))}
+    chance = float(np.mean([len(r) / n_patches for _, r in queries]))
+    return {"queries": len(rows), f"hit@{k}": round(100 * np.mean([r["hit"] for r in rows.values()]), 1),
+            f"P@{k}": round(100 * np.mean([r["precision"] for r in rows.values()]), 1),
+            f"P@{k}_random": round(100 * chance, 1), "per_query": rows}
 
 
 def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_out=None, markdown_out=None,
@@ -387,21 +444,22 @@ def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_o
     """Evaluate several models on one folder; they share the data, the random and the perfect rows.
 
     ``split="validation"`` keeps only the training split's held-out programs (as the trainer holds them out)."""
-    notes = None
-    if split == "validation":
-        from .data import split_validation
-        from timbreclip.library.patchfolder import read_patch_folder
+    from .data import read_any, split_validation
 
+    notes = read_any(folder)
+    if isinstance(folder, (list, tuple)):
+        folder = folder[0] if len(folder) == 1 else "+".join(map(str, folder))
+    if split == "validation":
         splits = {name: training_split(model) for name, model in models.items()}
         if len(set(splits.values())) > 1:
             raise TimbreclipError("--split validation: the models were trained with different validation splits "
-                                  f"({', '.join(f'{n}: seed {s}, {k} per family' for n, (s, k) in splits.items())}); "
+                                  f"({', '.join(f'{n}: seed {s[0]}, {s[1]} per family, synth share {s[2]}' for n, s in splits.items())}); "
                                   "evaluate them separately")
-        seed, per_family = next(iter(splits.values()))
-        notes = read_patch_folder(folder)
-        _, val = split_validation(notes, seed=seed, per_family=per_family)
+        seed, per_family, share = next(iter(splits.values()))
+        _, val = split_validation(notes, seed=seed, per_family=per_family, synth_share=share)
         notes = [notes[i] for i in val]
     eval_set = load_eval_set(folder, notes)
+    plain = plain_language_relevance([n for n in notes if n.pitch_shift == 0.0], eval_set.patch_ids)
     if split != "all":
         eval_set.name = f"{folder} ({split})"
         eval_set.fingerprint += f"-{split}"
@@ -426,6 +484,8 @@ def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_o
                 np.save(cached, note_emb)
         report["rows"][name] = evaluate_embeddings(eval_set, note_emb, model.embed_text,
                                                    rng=np.random.default_rng(seed))
+        report.setdefault("plain_language", {})[name] = plain_language_scores(
+            plain, note_emb, eval_set.note_patch, len(eval_set.patch_ids), model.embed_text)
         if plot_out:
             curves[name] = curve_values(evaluate_embeddings(eval_set, note_emb, model.embed_text, ks=CURVE_KS))
     report["rows"].update(baseline_rows(eval_set))
