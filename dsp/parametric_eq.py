@@ -148,12 +148,12 @@ class ParametricEQ(nn.Module):
         """Complex response ``(..., freqs)`` of the cascade at ``freqs_hz``."""
         rate = self.sample_rate if sample_rate is None else float(sample_rate)
         sos = self.sos(rate)
-        return cascade_response(sos, freqs_hz.to(torch.float64), rate, xp=torch)
+        return cascade_response(sos, freqs_hz.to(device=sos.device, dtype=torch.float64), rate, xp=torch)
 
     def gain_on_grid(self, n_fft: int, sample_rate: float | None = None) -> torch.Tensor:
         """Power gain ``|H|^2`` ``(..., n_fft // 2 + 1)`` on the rfft bin frequencies of an ``n_fft`` STFT."""
         rate = self.sample_rate if sample_rate is None else float(sample_rate)
-        freqs = torch.fft.rfftfreq(n_fft, d=1.0 / rate, dtype=torch.float64)
+        freqs = torch.fft.rfftfreq(n_fft, d=1.0 / rate, dtype=torch.float64, device=self.raw_gain.device)
         h = self.response(freqs, rate)
         return (h.real**2 + h.imag**2).to(self.raw_gain.dtype)
 

@@ -29,6 +29,7 @@ from .errors import SettingsError
 CLAMP_FRACTION = 0.45  # where --clamp-bands moves a band that does not fit below Nyquist
 MAX_GAIN_DB = 48.0  # a band's gain and the output gain: beyond this it is a typo, not an EQ
 MAX_BANDS = 256
+AMOUNT_RANGE = (0.0, 1.5)  # how much of a fitted curve plays: 0 flat, 1 the fit, 1.5 beyond it
 CHUNK_FRAMES = 1 << 16  # bounded per-call block when playing a whole array
 
 
@@ -98,6 +99,16 @@ class EQSettings:
                     f"band {i} ({band.type} at {band.freq_hz:g} Hz) is at or above Nyquist ({nyquist:g} Hz) "
                     f"for {sample_rate:g} Hz audio"
                 )
+
+    def scaled(self, amount: float) -> "EQSettings":
+        """The same EQ with every peak and shelf gain (dB) and the output gain times ``amount`` (``AMOUNT_RANGE``):
+        0 is flat, 1 the fit, 1.5 beyond it. The provenance says how much of the fit it holds (amounts multiply)."""
+        if not (math.isfinite(amount) and AMOUNT_RANGE[0] <= amount <= AMOUNT_RANGE[1]):
+            raise SettingsError(f"amount {amount:g}: must be {AMOUNT_RANGE[0]:g}..{AMOUNT_RANGE[1]:g}")
+        provenance = dict(self.provenance or {})
+        provenance["amount"] = round(float(provenance.get("amount", 1.0)) * amount, 6)
+        bands = [replace(b, gain_db=b.gain_db * amount) for b in self.bands]
+        return EQSettings(self.sample_rate, bands, self.output_gain_db * amount, provenance)
 
     def for_rate(self, sample_rate: float, clamp: bool = False) -> "EQSettings":
         """The same physical bands for audio at ``sample_rate``; bands at or above Nyquist raise, or move to

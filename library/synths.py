@@ -176,7 +176,8 @@ def render_synth_notes(preset: SynthPreset, pitches, sample_rate: int = 16000) -
         try:
             if "Tuning" in inst.plugin.port_names:
                 inst.set("Tuning", 440.0)
-            inst.select_program(0, preset.index)
+            bank, program, _ = inst.programs()[preset.index]  # DSSI numbers programs within banks of 128
+            inst.select_program(bank, program)
             inst.render(int(WHYSYNTH_WARM_UP_S * RENDER_RATE))
             for key in pitches:
                 audio = inst.note(int(key), VELOCITY, HELD_S, total).mean(axis=0)

@@ -68,6 +68,19 @@ class ModelConfig:
         raise ValueError(f"unknown model preset {name!r} (cpu, paper, gpu)")
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``auto`` (CUDA where there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; one clear error otherwise."""
+    name = (name or "auto").lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise TimbreclipError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
+    try:
+        return torch.device(name)
+    except RuntimeError:
+        raise TimbreclipError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
+
+
 class TimbreCLIP(nn.Module):
     """Audio and text towers in one space.
 

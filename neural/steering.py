@@ -26,7 +26,7 @@ from __future__ import annotations
 import math
 import time
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import torch
@@ -51,7 +51,12 @@ class SteeringConfig:
     patience: int = 16
     tolerance: float = 1e-4
     penalty: float = 0.02
-    max_gain_db: float = 12.0
+    max_gain_db: float = 9.0  # band gains within +-9 dB (--surgical: 12)
+    q_range: tuple[float, float] = (0.3, 2.0)  # broad bands only (--surgical: 0.3..10, narrow resonances allowed)
+    shape: float = 1.0  # weight of the shape penalty on the summed curve (0 = off: --surgical)
+    knee_db: float = 3.0  # the summed curve is free within +-knee; past it the penalty grows with the square
+    boost_weight: float = 2.0  # a boost past the knee costs this many times a cut
+    max_span_db: float = 15.0  # a summed curve spanning more (highest - lowest point) is penalised too
     seed: int = 0  # kept for settings files and scripts: nothing in a fit is random
     init: str = "broad"  # "broad" (best of BROAD_MOVES, or flat) or "flat" (the paper's)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -59,9 +64,20 @@ class SteeringConfig:
     time_budget_s: float | None = 0.95  # wall-clock cap per window listened to (embeddings included); None = none
 
     @classmethod
-    def paper(cls, penalty: float = 0.02) -> "SteeringConfig":
-        return cls(steps=5000, lr=1e-2, schedule="constant", early_exit=False, penalty=penalty, init="flat",
-                   time_budget_s=None)
+    def paper(cls, penalty: float = 0.02, surgical: bool = False) -> "SteeringConfig":
+        base = cls.surgical() if surgical else cls()
+        return replace(base, steps=5000, lr=1e-2, schedule="constant", early_exit=False, penalty=penalty, init="flat",
+                       time_budget_s=None)
+
+    @classmethod
+    def surgical(cls, **changes) -> "SteeringConfig":
+        """The freedom steering had before the musical defaults: +-12 dB, Q up to 10, no shape penalty."""
+        return replace(cls(max_gain_db=12.0, q_range=(0.3, 10.0), shape=0.0), **changes)
+
+    @classmethod
+    def offline(cls, **changes) -> "SteeringConfig":
+        """Offline fits are reproducible: a fixed step count, no wall-clock budget (that is the live loop's)."""
+        return replace(cls(time_budget_s=None), **changes)
 
 
 # Broad first moves: (band index in DEFAULT_BAND_TYPES, Hz, dB, Q) per move; every move is tried up and down.
@@ -120,6 +136,19 @@ class SteeringResult:
         return self.distance_before - self.distance_after
 
 
+CURVE_LOW_HZ, CURVE_HIGH_HZ = 30.0, 7200.0  # where the summed curve is judged (the model hears up to 8 kHz)
+
+
+def shape_penalty(curve_db: torch.Tensor, weights: torch.Tensor, config: SteeringConfig) -> torch.Tensor:
+    """What a mixing engineer objects to in a summed curve ``(K, points)`` (dB, points weighted by ``weights``):
+    moves past ``knee_db`` (squared, so a few dB cost little and 12 cost a lot), boosts ``boost_weight`` times more
+    than cuts, and a span (highest - lowest point) past ``max_span_db``. In units of (6 dB)^2: about 0.03 for a
+    6 dB boost everywhere."""
+    over = torch.relu(curve_db - config.knee_db) ** 2 * config.boost_weight + torch.relu(-curve_db - config.knee_db) ** 2
+    span = curve_db.max(-1).values - curve_db.min(-1).values
+    return ((over * weights).sum(-1) + torch.relu(span - config.max_span_db) ** 2) / 36.0
+
+
 def check_weights(prompts: dict[str, float], source_weight: float) -> None:
     check_prompts(list(prompts))
     if any(w < 0 for w in prompts.values()) or source_weight < 0:
@@ -140,14 +169,20 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     fe = model.frontend
     fe_cfg = model.config.frontend
     encoder = _steering_encoder(model)
+    device = next(model.audio.parameters()).device  # every tensor of the fit follows the model
+    windows = windows.to(device)
     with torch.no_grad():
         power = fe.power(windows)
         z_source = F.normalize(encoder(fe.features_from_power(power)).mean(0), dim=-1)
-        z_prompts = model.encode_text(list(prompts))
-        weights = torch.tensor(list(prompts.values()), dtype=z_prompts.dtype)
+        z_prompts = model.encode_text(list(prompts)).to(device)
+        weights = torch.tensor(list(prompts.values()), dtype=z_prompts.dtype, device=device)
         target = F.normalize(source_weight * z_source + (weights[:, None] * z_prompts).sum(0), dim=-1)
-    ranges = BandRanges(gain_db=(-config.max_gain_db, config.max_gain_db))
-    eq = ParametricEQ(fe_cfg.sample_rate, ranges=ranges)
+    ranges = BandRanges(gain_db=(-config.max_gain_db, config.max_gain_db), q=tuple(config.q_range))
+    eq = ParametricEQ(fe_cfg.sample_rate, ranges=ranges).to(device)
+    bins = torch.fft.rfftfreq(fe_cfg.n_fft, 1.0 / fe_cfg.sample_rate, dtype=torch.float64)
+    in_band = ((bins >= CURVE_LOW_HZ) & (bins <= CURVE_HIGH_HZ)).to(device)
+    per_octave = (1.0 / bins[in_band.cpu()]).float().to(device)  # linear bins weighted to count each octave once
+    per_octave = per_octave / per_octave.sum()
 
     def objective(eq: ParametricEQ) -> tuple[torch.Tensor, torch.Tensor]:
         """Objective and cosine distance of each EQ of a (possibly batched) ``eq``: ``(K,)`` each."""
@@ -156,15 +191,19 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         z = encoder(fe.features_from_power(powered)).reshape(len(gains), len(power), -1).mean(1)
         distance = 1.0 - F.normalize(z, dim=-1) @ target
         gain_db = eq.gain_db.reshape(len(gains), -1)
-        return distance + config.penalty * gain_db.abs().mean(-1) / 12.0, distance
+        loss = distance + config.penalty * gain_db.abs().mean(-1) / 12.0
+        if config.shape > 0:
+            loss = loss + config.shape * shape_penalty(10.0 * torch.log10(gains[:, in_band] + 1e-12), per_octave,
+                                                       config)
+        return loss, distance
 
     with torch.no_grad():
         obj0, dist0 = (float(v[0]) for v in objective(eq))  # flat: every mode's improvement is measured from here
     if start is not None and tuple(b.type for b in start.bands) == eq.band_types:
-        eq = ParametricEQ.from_settings(start, fe_cfg.sample_rate, ranges)
+        eq = ParametricEQ.from_settings(start, fe_cfg.sample_rate, ranges).to(device)
     elif config.init == "broad":
         with torch.no_grad():
-            moves = _broad_eq(eq)
+            moves = _broad_eq(eq).to(device)
             scores = torch.cat([objective(moves.select([i]))[0] for i in range(len(moves.gain_db))]) \
                 if len(power) > 1 else objective(moves)[0]
             starts = scores.argsort()[: config.starts].tolist()
@@ -212,20 +251,27 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
 class TextEQ:
     """A pedalboard-like plugin steered by words.
 
-    ``TextEQ(prompts={"warm": 1.0}, model=model)``; ``fit(audio, sample_rate)`` returns ``EQSettings`` (physical
-    bands recorded at the audio's rate); ``__call__(audio, sample_rate)`` fits on first use, then applies the EQ
-    with the numba engine. Audio is ``(frames,)`` or ``(channels, frames)``.
+    ``TextEQ(prompts={"warm": 1.0}, model=model, amount=1.0, device="cpu")``; ``fit(audio, sample_rate)`` returns
+    ``EQSettings`` (physical bands recorded at the audio's rate, ``amount`` of the fitted curve, loudness-matched);
+    ``__call__(audio, sample_rate)`` fits on first use, then applies the EQ with the numba engine, never peaking
+    above -0.1 dBFS. Audio is ``(frames,)`` or ``(channels, frames)``. The default config is the offline one (a
+    fixed step count: the same audio gives the same EQ on any machine).
     """
 
     def __init__(self, prompts: dict[str, float], model, source_weight: float = 0.5,
-                 config: SteeringConfig = SteeringConfig(), max_seconds: float | None = 60.0,
-                 match_loudness: bool = True) -> None:
+                 config: SteeringConfig | None = None, max_seconds: float | None = 60.0,
+                 match_loudness: bool = True, amount: float = 1.0, device: str | None = None) -> None:
+        from .model import resolve_device
+
         check_weights(prompts, source_weight)
-        self.match_loudness = match_loudness
+        EQSettings(16000.0, []).scaled(amount)  # the amount is checked now, not at the first fit
+        self.match_loudness, self.amount = match_loudness, float(amount)
+        if device is not None:
+            model = model.to(resolve_device(device))
         self.prompts = dict(prompts)
         self.model = model
         self.source_weight = source_weight
-        self.config = config
+        self.config = config if config is not None else SteeringConfig.offline()
         self.max_seconds = max_seconds
         self.settings: EQSettings | None = None
         self.result: SteeringResult | None = None
@@ -236,8 +282,8 @@ class TextEQ:
             x = x[..., : int(self.max_seconds * sample_rate)]
         windows = torch.from_numpy(prepare_audio(x, sample_rate, self.model.config.frontend))
         self.result = steer(self.model, windows, self.prompts, self.source_weight, self.config)
-        settings = self.result.eq.to_settings(float(sample_rate))
-        settings.provenance = {
+        settings = self.result.eq.to_settings(float(sample_rate)).scaled(self.amount)
+        settings.provenance = {"amount": self.amount,
             "prompts": self.prompts, "source_weight": self.source_weight, "steering": asdict(self.config),
             "model": self.model.fingerprint() if hasattr(self.model, "fingerprint") else None,
             "cosine_distance": {"before": round(self.result.distance_before, 5),

@@ -27,13 +27,12 @@ import numpy as np
 
 from timbreclip.dsp.engine import BiquadCascade
 from timbreclip.dsp.parametric_eq import DEFAULT_BAND_TYPES
-from timbreclip.dsp.settings import Band, EQSettings
+from timbreclip.dsp.settings import AMOUNT_RANGE, Band, EQSettings
 
 from .steering import WINDOW_SECONDS, LiveSteerer, SteeringUpdate, live_config
 
 TIMING_SLOTS = 1 << 16  # callback timing records kept between two control steps (a power of two)
 RING_SECONDS = 10.0
-AMOUNT_RANGE = (0.0, 2.0)
 
 
 def flat_sos(sections: int) -> np.ndarray:
@@ -197,10 +196,10 @@ class LiveEQ:
         if self.bypass:
             return EQSettings(self.rate, [Band(b.type, b.freq_hz, 0.0, b.q) for b in self.steered.bands], 0.0,
                               {"bypass": True})
-        bands = [Band(b.type, b.freq_hz, b.gain_db * self.amount, b.q) for b in self.steered.bands]
+        played = self.steered.scaled(self.amount)
         provenance = {"steered_with": dict(self.steered.provenance or {}), "amount": self.amount,
                       "prompts": dict(self.prompts), "source_weight": self.source_weight}
-        return EQSettings(self.rate, bands, self.steered.output_gain_db * self.amount, provenance)
+        return EQSettings(self.rate, played.bands, played.output_gain_db, provenance)
 
     def publish(self) -> None:
         settings = self.playing_settings()

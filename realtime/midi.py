@@ -4,7 +4,7 @@ bypass and hold.
 rtmidi calls ``on_message`` from its own thread; the mapping turns a message into a command on the live loop's
 queue and nothing else (the control thread applies it). The default map (any channel)::
 
-    CC 1  (mod wheel)   amount          0..127 -> 0..2 (64 ~ 1.0)
+    CC 1  (mod wheel)   amount          0..127 -> 0..1.5 (85 ~ 1.0)
     CC 2                source weight   0..127 -> 0..1
     CC 21..28           weight of prompt 1..8  0..127 -> 0..2
     CC 80               bypass          >= 64 on, < 64 off
@@ -21,6 +21,7 @@ import json
 from dataclasses import dataclass, field
 
 from timbreclip.dsp.errors import TimbreclipError
+from timbreclip.dsp.settings import AMOUNT_RANGE
 
 
 def read_map_json(path: str, known: set[str]) -> dict:
@@ -70,7 +71,7 @@ class MidiMap:
             return None
         cc, value = message[1], message[2]
         if cc == self.amount:
-            return ("amount", 2.0 * value / 127.0)
+            return ("amount", AMOUNT_RANGE[1] * value / 127.0)
         if cc == self.source_weight:
             return ("source_weight", value / 127.0)
         if cc in self.weights:

@@ -230,7 +230,7 @@ def test_midi_cc_changes_the_amount_and_a_prompt_weight(server, tmp_path):
         while seen < 2 and time.monotonic() < deadline:  # wait for steering to run
             line = proc.stdout.readline()
             seen += line.startswith("update")
-        sender.send_message([0xB0, 1, 32])  # amount -> 0.504
+        sender.send_message([0xB0, 1, 32])  # amount -> 0.378
         sender.send_message([0xB0, 21, 127])  # prompt 1 ("bright") weight -> 2.0
         sender.send_message([0xB3, 22, 0])  # prompt 2 ("airy") weight -> 0 (any channel)
         seen = 0
@@ -244,7 +244,7 @@ def test_midi_cc_changes_the_amount_and_a_prompt_weight(server, tmp_path):
     assert proc.returncode == 0, err
     assert "SIGTERM" in err
     eq = json.loads(settings.read_text())
-    assert eq["provenance"]["amount"] == pytest.approx(2 * 32 / 127)
+    assert eq["provenance"]["amount"] == pytest.approx(1.5 * 32 / 127)
     assert eq["provenance"]["steered_with"]["prompts"] == {"bright": 2.0, "airy": 0.0}
 
 

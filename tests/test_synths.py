@@ -126,7 +126,7 @@ def test_device_option_is_checked():
     import torch
 
     from timbreclip.dsp.errors import TimbreclipError
-    from timbreclip.training.trainer import resolve_device
+    from timbreclip.neural.model import resolve_device
 
     assert resolve_device("cpu") == torch.device("cpu")
     assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")

@@ -50,6 +50,9 @@ def _add_apply_eq(sub) -> None:
     p.add_argument("--plot", help="write a PNG of the EQ curve")
     p.add_argument("--clamp-bands", action="store_true", help="move bands at or above Nyquist to 0.45 x rate")
     p.add_argument("--allow-clipping", action="store_true", help="do not scale the output down to avoid clipping")
+    p.add_argument("--amount", type=_number("--amount", 0.0, 1.5), default=1.0,
+                   help="how much of the saved curve to apply: every gain (dB) and the output gain times A "
+                        "(0 flat, 1 as saved, up to 1.5; default 1)")
     p.add_argument("--overwrite-input", action="store_true", help="allow -o to be the input file itself")
     p.set_defaults(run=_run_apply_eq)
 
@@ -61,7 +64,7 @@ def _run_apply_eq(args) -> int:
 
     _check_outputs((args.output, "-o"), (args.plot, "--plot"))
     _check_not_input(args)
-    settings = EQSettings.load(args.settings)
+    settings = EQSettings.load(args.settings).scaled(args.amount)
     rate, channels, _ = audio_info(args.input)
     try:
         at_rate = settings.for_rate(rate, clamp=args.clamp_bands)
@@ -346,11 +349,16 @@ def _add_eq(sub) -> None:
     p.add_argument("--settings-out", help="write the EQ settings (JSON interchange format)")
     p.add_argument("--plot", help="write the EQ curve and before/after spectrograms (PNG)")
     p.add_argument("--steps", type=_number("--steps", 1, 10_000_000, integer=True),
-                   help="optimiser steps (fast default 64; --paper: 5000); lifts the time "
-                   "budget unless --time-budget is given")
+                   help="optimiser steps (fast default 64; --paper: 5000)")
     p.add_argument("--time-budget", type=_number("--time-budget", 0.0),
-                   help="seconds per 4 s window the fast fit may take (default 0.95; "
-                   "0 = no budget)")
+                   help="seconds per 4 s window the fit may take (default none: a fixed step count, so the same "
+                   "command gives the same EQ on any machine; 0 = none)")
+    p.add_argument("--surgical", action="store_true",
+                   help="today's freedom: +-12 dB, narrow bands (Q up to 10), no shape penalty (default: broad, "
+                   "moderate moves an engineer would sign: +-9 dB, Q <= 2, a penalty on big boosts and spans)")
+    p.add_argument("--amount", type=_number("--amount", 0.0, 1.5), default=1.0,
+                   help="how much of the fitted curve to apply (0 flat, 1 the fit, up to 1.5; default 1)")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--init", choices=("broad", "flat"), help="start from the best broad move (fast default) or "
                    "flat (--paper)")
     p.add_argument("--lr", type=_number("--lr", 0.0, 100.0, lo_open=True),
@@ -363,7 +371,7 @@ def _add_eq(sub) -> None:
                    help="seconds of the file the EQ listens to (default 60)")
     p.add_argument("--model", help="model directory; default: the shipped model")
     p.add_argument("--seed", type=int, default=0,
-                   help="kept for scripts: nothing in the fit is random (runs differ only by the wall-clock budget)")
+                   help="kept for scripts: nothing in the fit is random")
     p.add_argument("--overwrite-input", action="store_true", help="allow -o to be the input file itself")
     p.set_defaults(run=_run_eq, prompts=None)
 
@@ -381,7 +389,8 @@ def _run_eq(args) -> int:
     audio_info(args.input)  # a missing or corrupt input is named before the model loads
 
     prompts = _prompt_weights(args)
-    config = SteeringConfig.paper() if args.paper else SteeringConfig()
+    config = SteeringConfig.paper(surgical=args.surgical) if args.paper else (
+        SteeringConfig.surgical(time_budget_s=None) if args.surgical else SteeringConfig.offline())
     for field_name, value in (("steps", args.steps), ("lr", args.lr), ("penalty", args.penalty), ("seed", args.seed),
                               ("init", args.init)):
         if value is not None:
@@ -390,11 +399,9 @@ def _run_eq(args) -> int:
         if args.time_budget < 0:
             raise TimbreclipError(f"--time-budget {args.time_budget:g}: must be >= 0 (0 = no budget)")
         config = replace(config, time_budget_s=args.time_budget or None)
-    elif args.steps is not None:
-        config = replace(config, time_budget_s=None)
-    model = load_torch_model(args.model)
+    model = load_torch_model(args.model, args.device)
     run = run_eq(args.input, args.output, prompts, model, args.source_weight, config,
-                 match_loudness=not args.no_match_loudness, excerpt_seconds=args.excerpt)
+                 match_loudness=not args.no_match_loudness, excerpt_seconds=args.excerpt, amount=args.amount)
     if args.settings_out:
         run.settings.save(args.settings_out)
     if args.plot:
@@ -457,8 +464,8 @@ def _add_live(sub) -> None:
     p.add_argument("--weight", action=_PromptAction, dest="prompts", metavar="W",
                    help="weight of the --prompt before it (default 1)")
     p.add_argument("--source-weight", type=_number("--source-weight", 0.0), default=0.5)
-    p.add_argument("--amount", type=_number("--amount", 0.0, 2.0), default=1.0,
-                   help="how much of the steered EQ plays (0..2, default 1)")
+    p.add_argument("--amount", type=_number("--amount", 0.0, 1.5), default=1.0,
+                   help="how much of the steered EQ plays (0..1.5, default 1; MIDI CC 1)")
     p.add_argument("--input-device", help="input device name (or part of it) or index")
     p.add_argument("--output-device", help="output device name (or part of it) or index")
     p.add_argument("--samplerate", type=_number("--samplerate", 8000.0, 384000.0), default=48000.0)

@@ -16,17 +16,19 @@ def default_model_path() -> Path:
     return SHIPPED_MODEL_DIR
 
 
-def load_torch_model(model: str | os.PathLike | None):
-    """The TimbreCLIP torch model from ``model`` (a model directory) or the shipped default."""
-    from timbreclip.neural.model import TimbreCLIP
+def load_torch_model(model: str | os.PathLike | None, device: str | None = None):
+    """The TimbreCLIP torch model from ``model`` (a model directory) or the shipped default, on ``device`` (cpu,
+    cuda, cuda:N or auto; default the CPU)."""
+    from timbreclip.neural.model import TimbreCLIP, resolve_device
 
-    return TimbreCLIP.load(model if model else default_model_path())
+    dev = resolve_device(device or "cpu")  # checked before the model loads
+    return TimbreCLIP.load(model if model else default_model_path()).to(dev)
 
 
-def load_embedder(model: str | os.PathLike | None, backend: str = "torch"):
+def load_embedder(model: str | os.PathLike | None, backend: str = "torch", device: str | None = None):
     """An ``Embedder`` for ``model`` on ``backend`` (torch; see ``export`` for the others)."""
     if backend == "torch":
-        return load_torch_model(model)
+        return load_torch_model(model, device)
     from timbreclip.export.backends import load_backend
 
     return load_backend(load_torch_model(model), backend)

@@ -27,11 +27,12 @@ class EQRun:
 
 
 def run_eq(in_path: str, out_path: str, prompts: dict[str, float], model, source_weight: float, config,
-           match_loudness: bool = True, excerpt_seconds: float | None = 60.0) -> EQRun:
+           match_loudness: bool = True, excerpt_seconds: float | None = 60.0, amount: float = 1.0) -> EQRun:
     """Fit the EQ on the file's first ``excerpt_seconds``, then stream the whole file through it
     (``dsp.audio_io.process_file``): a pass that measures the input's and the output's loudness and the output's
     peak, and a pass that writes the output with the loudness match and the anti-clip rule (``dsp.loudness``;
-    ceiling -0.1 dBFS). Memory stays bounded by the excerpt, whatever the file's length."""
+    ceiling -0.1 dBFS). ``amount`` scales the fitted curve first (``EQSettings.scaled``). Memory stays bounded by
+    the excerpt, whatever the file's length."""
     from timbreclip.dsp.engine import BiquadCascade
     from timbreclip.neural.steering import TextEQ
 
@@ -41,7 +42,7 @@ def run_eq(in_path: str, out_path: str, prompts: dict[str, float], model, source
         check_listenable(audio, rate, in_path)
     except AudioFileError as err:
         raise AudioFileError(f"{err}: nothing to steer") from None
-    settings = plugin.fit(audio, rate)
+    settings = plugin.fit(audio, rate).scaled(amount)
     sos = settings.sos(rate)
 
     def make_processor(sample_rate: float, channels: int):

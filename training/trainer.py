@@ -42,7 +42,7 @@ from torch import nn
 from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.neural.encoder import AudioEncoderConfig
 from timbreclip.neural.frontend import FrontEnd
-from timbreclip.neural.model import ModelConfig, TimbreCLIP
+from timbreclip.neural.model import ModelConfig, TimbreCLIP, resolve_device
 
 from .data import RandomEQ, augment_batch, random_crop, build_note_set, mel_cache, read_any, split_validation
 from .evaluation import QUERY_TYPES, evaluate_embeddings, load_eval_set, timbre_word_accuracy
@@ -274,19 +274,6 @@ def _load_rng(run: _Run, last: Path, trainer_state: dict) -> None:
         torch.set_rng_state(torch.from_numpy(np.frombuffer(base64.b64decode(state["torch"]), np.uint8).copy()))
     elif run.rank == 0 and "numpy_rng" in trainer_state:  # a checkpoint from before per-rank states were kept
         run.rng.bit_generator.state = trainer_state["numpy_rng"]
-
-
-def resolve_device(name: str | None) -> torch.device:
-    """``auto`` (CUDA where there is one, else the CPU), ``cpu``, ``cuda`` or ``cuda:N``; one clear error otherwise."""
-    name = (name or "auto").lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise TimbreclipError(f"--device {name}: CUDA is not available on this machine (use cpu or auto)")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise TimbreclipError(f"--device {name}: not a device (cpu, cuda, cuda:N or auto)") from None
 
 
 def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, init_model, cache_dir,
