@@ -83,8 +83,8 @@ def engineer_view(settings, audio: np.ndarray, after: np.ndarray, rate: float) -
             "resonances": sum(1 for b in settings.bands if b.type == "peak" and b.q > 4 and abs(b.gain_db) > 3)}
 
 
-def mode_config(mode: str, penalty: float | None) -> SteeringConfig:
-    config = SteeringConfig.surgical() if mode == "surgical" else SteeringConfig()
+def mode_config(mode: str, penalty: float | None, overrides: dict | None = None) -> SteeringConfig:
+    config = SteeringConfig.surgical() if mode == "surgical" else replace(SteeringConfig(), **(overrides or {}))
     return config if penalty is None else replace(config, penalty=penalty)
 
 
@@ -99,6 +99,9 @@ def main() -> None:
     ap.add_argument("--penalty-notes", type=int, default=12, help="notes for the penalty comparison (x 2 prompts)")
     ap.add_argument("--penalty", type=float, help="gain penalty (default: the steering default)")
     ap.add_argument("--prompts", nargs="+", choices=sorted(PROMPTS), help="only these prompts")
+    ap.add_argument("--shape", type=float, help="default mode's shape penalty weight (development)")
+    ap.add_argument("--knee", type=float, help="default mode's knee in dB (development)")
+    ap.add_argument("--max-gain", type=float, help="default mode's band gain cap in dB (development)")
     ap.add_argument("--modes", nargs="+", choices=("surgical", "default"), default=["surgical", "default"],
                     help="steering modes to compare (default both: before and after the musical defaults)")
     ap.add_argument("--seed", type=int, default=0)
@@ -112,12 +115,14 @@ def main() -> None:
     for n in notes:
         audio, rate = read_audio(n.path)
         clips.append((n, audio.mean(axis=0), rate))
+    overrides = {k: v for k, v in (("shape", args.shape), ("knee_db", args.knee), ("max_gain_db", args.max_gain))
+                 if v is not None}
     rows, fits = {}, defaultdict(list)
     for prompt, (kind, sign) in PROMPTS.items():
         if args.prompts and prompt not in args.prompts:
             continue
         for mode in args.modes:
-            config = mode_config(mode, args.penalty)
+            config = mode_config(mode, args.penalty, overrides)
             moved, changes, improvements, views, times = [], [], [], [], []
             for n, audio, rate in clips:
                 if kind == "low_share" and n.pitch > BASS_MAX_PITCH:
@@ -163,7 +168,7 @@ def main() -> None:
     if "surgical" in goals and "default" in goals and goals["surgical"]["mean_improvement"] > 0:
         goals["default"]["improvement_share_of_surgical_percent"] = round(
             100 * goals["default"]["mean_improvement"] / goals["surgical"]["mean_improvement"], 1)
-    fast = mode_config("default", args.penalty)
+    fast = mode_config("default", args.penalty, overrides)
 
     # optimiser checks on the same objective
     paper, penalty = [], []

@@ -184,6 +184,21 @@ class ParametricEQ(nn.Module):
         y = torch.fft.irfft(spectrum * h, n=n)[..., :frames]
         return y.to(audio.dtype)
 
+    @classmethod
+    def from_raw(cls, sample_rate: float, raw: torch.Tensor, band_types: tuple[str, ...] = DEFAULT_BAND_TYPES,
+                 ranges: BandRanges = BandRanges()) -> "ParametricEQ":
+        """A batched EQ whose unconstrained parameters are ``raw (B, bands, 3)`` (freq, gain, Q logits), kept as
+        given: a network that predicts them gets gradients through every method (the steering predictor)."""
+        eq = cls(sample_rate, band_types, ranges, batch_size=raw.shape[0])
+        for k, name in enumerate(("raw_freq", "raw_gain", "raw_q")):
+            eq._parameters.pop(name)
+            setattr(eq, name, raw[..., k])
+        return eq
+
+    def raw(self) -> torch.Tensor:
+        """The unconstrained parameters as ``(..., bands, 3)`` (the layout ``from_raw`` takes)."""
+        return torch.stack([self.raw_freq, self.raw_gain, self.raw_q], dim=-1)
+
     def select(self, members) -> "ParametricEQ":
         """A copy of a batched EQ holding one member (``members`` an int: a single EQ) or several (a sequence of
         indices: batched)."""

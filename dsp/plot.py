@@ -14,7 +14,11 @@ def eq_curve_axes(ax, settings: EQSettings, sample_rate: float | None = None, la
     """Draw ``settings``' response (output gain included) on a matplotlib ``ax``."""
     rate = float(settings.sample_rate if sample_rate is None else sample_rate)
     freqs = np.geomspace(20.0, 0.5 * rate * 0.999, 1024)
-    ax.semilogx(freqs, settings.response_db(freqs, rate), lw=2, label=label)
+    for band in settings.bands:  # each band on its own, faint: the summed curve is what plays
+        alone = EQSettings(settings.sample_rate, [band])
+        ax.semilogx(freqs, alone.response_db(freqs, rate), lw=0.8, color="0.75", zorder=1)
+    ax.semilogx(freqs, settings.response_db(freqs, rate), lw=2, label=label or "summed curve (all bands + output gain)",
+                zorder=3)
     # each band is marked where the curve passes its frequency, labelled with its index and gain
     marks = settings.response_db(np.array([b.freq_hz for b in settings.bands]), rate) if settings.bands else []
     for i, (band, level) in enumerate(zip(settings.bands, marks)):
@@ -22,6 +26,7 @@ def eq_curve_axes(ax, settings: EQSettings, sample_rate: float | None = None, la
         text = f"{i}: {band.gain_db:+.1f} dB" if band.type in GAIN_TYPES else f"{i}: {band.type}"
         ax.annotate(text, (band.freq_hz, level), textcoords="offset points", xytext=(3, 4), fontsize=7)
     ax.axhline(0.0, color="0.6", lw=0.8)
+    ax.legend(loc="best", fontsize=7)
     ax.set_xlim(20.0, 0.5 * rate)
     ax.set_xlabel("frequency (Hz)")
     ax.set_ylabel("gain (dB)")

@@ -29,7 +29,8 @@ from .errors import SettingsError
 CLAMP_FRACTION = 0.45  # where --clamp-bands moves a band that does not fit below Nyquist
 MAX_GAIN_DB = 48.0  # a band's gain and the output gain: beyond this it is a typo, not an EQ
 MAX_BANDS = 256
-AMOUNT_RANGE = (0.0, 1.5)  # how much of a fitted curve plays: 0 flat, 1 the fit, 1.5 beyond it
+AMOUNT_RANGE = (0.0, 1.5)
+LANDMARKS_HZ = (30.0, 60.0, 125.0, 250.0, 500.0, 1000.0, 2000.0, 4000.0, 7200.0, 12000.0)  # how much of a fitted curve plays: 0 flat, 1 the fit, 1.5 beyond it
 CHUNK_FRAMES = 1 << 16  # bounded per-call block when playing a whole array
 
 
@@ -149,6 +150,19 @@ class EQSettings:
             cascade.process(np.ascontiguousarray(block[:, start:start + CHUNK_FRAMES]),
                             out=y[:, start:start + CHUNK_FRAMES])
         return y[0] if x.ndim == 1 else y
+
+    def summed_curve(self, freqs_hz=LANDMARKS_HZ, sample_rate: float | None = None) -> list[tuple[float, float]]:
+        """The net gain of all bands together (output gain left out) at ``freqs_hz`` (below 0.5 x rate):
+        ``[(Hz, dB)]``, what the EQ does to the sound's balance."""
+        rate = float(self.sample_rate if sample_rate is None else sample_rate)
+        f = np.array([x for x in freqs_hz if x < 0.5 * rate], np.float64)
+        return list(zip(f.tolist(), (self.response_db(f, rate) - self.output_gain_db).tolist()))
+
+    def span_db(self, low_hz: float = 30.0, high_hz: float = 7200.0, sample_rate: float | None = None) -> float:
+        """Highest minus lowest point of the summed curve between ``low_hz`` and ``high_hz``."""
+        rate = float(self.sample_rate if sample_rate is None else sample_rate)
+        curve = self.response_db(np.geomspace(low_hz, min(high_hz, 0.499 * rate), 256), rate)
+        return float(curve.max() - curve.min())
 
     def response_db(self, freqs_hz: np.ndarray, sample_rate: float | None = None) -> np.ndarray:
         """Magnitude response in dB (output gain included) at ``freqs_hz``."""

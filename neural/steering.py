@@ -105,6 +105,33 @@ def _broad_eq(eq: ParametricEQ) -> ParametricEQ:
     return batch
 
 
+def _predicted(model, predictor, z_source, target, sample_rate: float, ranges: BandRanges) -> ParametricEQ:
+    """The predictor's EQ for this fit as a plain (trainable) ``ParametricEQ``."""
+    from .predictor import find_predictor
+
+    predictor = predictor if predictor is not None else find_predictor(model)
+    if predictor is None:
+        raise TimbreclipError("init 'predict': this model has no steering predictor beside it "
+                              "(train one with `timbreclip train-predictor`)")
+    with torch.no_grad():
+        raw = predictor(z_source[None], target[None])[0]
+    eq = ParametricEQ(sample_rate, ranges=ranges).to(raw.device)
+    with torch.no_grad():  # the predictor's own ranges may differ: go through physical values
+        guess = ParametricEQ.from_raw(sample_rate, raw[None], eq.band_types, predictor.ranges())
+        eq.set_bands(guess.freq_hz[0].double(), guess.gain_db[0].double(), guess.q[0].double())
+    return eq
+
+
+def _stack(moves: ParametricEQ, extra: ParametricEQ) -> ParametricEQ:
+    """The batched ``moves`` with ``extra`` (one EQ) appended."""
+    out = ParametricEQ(moves.sample_rate, moves.band_types, moves.ranges, batch_size=len(moves.gain_db) + 1)
+    out = out.to(moves.raw_gain.device)
+    with torch.no_grad():
+        for name in ("raw_freq", "raw_gain", "raw_q"):
+            getattr(out, name).copy_(torch.cat([getattr(moves, name), getattr(extra, name)[None]]))
+    return out
+
+
 _FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -149,6 +176,32 @@ def shape_penalty(curve_db: torch.Tensor, weights: torch.Tensor, config: Steerin
     return ((over * weights).sum(-1) + torch.relu(span - config.max_span_db) ** 2) / 36.0
 
 
+def steering_ranges(config: SteeringConfig) -> BandRanges:
+    return BandRanges(gain_db=(-config.max_gain_db, config.max_gain_db), q=tuple(config.q_range))
+
+
+class Regulariser:
+    """The objective's terms besides the cosine distance, for EQs whose power gains on the model's STFT grid are
+    known: the gain penalty (L1 over bands) and the shape penalty on the summed curve over 30 Hz-7.2 kHz."""
+
+    def __init__(self, config: SteeringConfig, fe_cfg, device) -> None:
+        self.config = config
+        bins = torch.fft.rfftfreq(fe_cfg.n_fft, 1.0 / fe_cfg.sample_rate, dtype=torch.float64)
+        in_band = (bins >= CURVE_LOW_HZ) & (bins <= CURVE_HIGH_HZ)
+        per_octave = (1.0 / bins[in_band]).float()  # linear bins weighted to count each octave once
+        self.in_band = in_band.to(device)
+        self.per_octave = (per_octave / per_octave.sum()).to(device)
+
+    def __call__(self, eq: ParametricEQ, gains: torch.Tensor) -> torch.Tensor:
+        """``(K,)`` for the K EQs of ``eq`` whose power gains are ``gains (K, bins)``."""
+        gain_db = eq.gain_db.reshape(len(gains), -1)
+        out = self.config.penalty * gain_db.abs().mean(-1) / 12.0
+        if self.config.shape > 0:
+            curve = 10.0 * torch.log10(gains[:, self.in_band] + 1e-12)
+            out = out + self.config.shape * shape_penalty(curve, self.per_octave, self.config)
+        return out
+
+
 def check_weights(prompts: dict[str, float], source_weight: float) -> None:
     check_prompts(list(prompts))
     if any(w < 0 for w in prompts.values()) or source_weight < 0:
@@ -158,11 +211,14 @@ def check_weights(prompts: dict[str, float], source_weight: float) -> None:
 
 
 def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight: float = 0.5,
-          config: SteeringConfig = SteeringConfig(), start: EQSettings | None = None) -> SteeringResult:
+          config: SteeringConfig = SteeringConfig(), start: EQSettings | None = None,
+          predictor=None) -> SteeringResult:
     """Fit an EQ to ``windows (n, samples)`` of mono audio at the model's rate (see module docstring).
 
     ``start``: settings to warm-start from (the live loop passes the EQ now playing, so the EQ evolves rather than
-    jumps); it replaces ``config.init`` when its bands have the steering layout."""
+    jumps); it replaces ``config.init`` when its bands have the steering layout. ``config.init == "predict"``: the
+    one-pass predictor's EQ (``predictor``, else the one saved beside the model) joins flat and the broad moves as
+    a candidate start; ``config.steps == 0`` then returns the prediction itself."""
     check_weights(prompts, source_weight)
     started = time.perf_counter()
     model.eval()
@@ -177,12 +233,9 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         z_prompts = model.encode_text(list(prompts)).to(device)
         weights = torch.tensor(list(prompts.values()), dtype=z_prompts.dtype, device=device)
         target = F.normalize(source_weight * z_source + (weights[:, None] * z_prompts).sum(0), dim=-1)
-    ranges = BandRanges(gain_db=(-config.max_gain_db, config.max_gain_db), q=tuple(config.q_range))
+    ranges = steering_ranges(config)
     eq = ParametricEQ(fe_cfg.sample_rate, ranges=ranges).to(device)
-    bins = torch.fft.rfftfreq(fe_cfg.n_fft, 1.0 / fe_cfg.sample_rate, dtype=torch.float64)
-    in_band = ((bins >= CURVE_LOW_HZ) & (bins <= CURVE_HIGH_HZ)).to(device)
-    per_octave = (1.0 / bins[in_band.cpu()]).float().to(device)  # linear bins weighted to count each octave once
-    per_octave = per_octave / per_octave.sum()
+    regulariser = Regulariser(config, fe_cfg, device)
 
     def objective(eq: ParametricEQ) -> tuple[torch.Tensor, torch.Tensor]:
         """Objective and cosine distance of each EQ of a (possibly batched) ``eq``: ``(K,)`` each."""
@@ -190,26 +243,26 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         powered = (power[None] * gains[:, None, :, None]).reshape(-1, *power.shape[1:])
         z = encoder(fe.features_from_power(powered)).reshape(len(gains), len(power), -1).mean(1)
         distance = 1.0 - F.normalize(z, dim=-1) @ target
-        gain_db = eq.gain_db.reshape(len(gains), -1)
-        loss = distance + config.penalty * gain_db.abs().mean(-1) / 12.0
-        if config.shape > 0:
-            loss = loss + config.shape * shape_penalty(10.0 * torch.log10(gains[:, in_band] + 1e-12), per_octave,
-                                                       config)
-        return loss, distance
+        return distance + regulariser(eq, gains), distance
 
     with torch.no_grad():
         obj0, dist0 = (float(v[0]) for v in objective(eq))  # flat: every mode's improvement is measured from here
-    if start is not None and tuple(b.type for b in start.bands) == eq.band_types:
+    if config.init == "predict" and config.steps == 0:  # the prediction alone: one forward pass
+        eq = _predicted(model, predictor, z_source, target, fe_cfg.sample_rate, ranges)
+    elif start is not None and tuple(b.type for b in start.bands) == eq.band_types:
         eq = ParametricEQ.from_settings(start, fe_cfg.sample_rate, ranges).to(device)
-    elif config.init == "broad":
+    elif config.init in ("broad", "predict"):
         with torch.no_grad():
             moves = _broad_eq(eq).to(device)
+            if config.init == "predict":
+                guess = _predicted(model, predictor, z_source, target, fe_cfg.sample_rate, ranges)
+                moves = _stack(moves, guess)
             scores = torch.cat([objective(moves.select([i]))[0] for i in range(len(moves.gain_db))]) \
                 if len(power) > 1 else objective(moves)[0]
             starts = scores.argsort()[: config.starts].tolist()
             eq = moves.select(starts) if config.starts > 1 else moves.select(starts[0])
     elif config.init != "flat":
-        raise ValueError(f"unknown steering init {config.init!r} (broad or flat)")
+        raise ValueError(f"unknown steering init {config.init!r} (broad, predict or flat)")
 
     with torch.no_grad():
         start = float(objective(eq)[0].min())

@@ -106,6 +106,8 @@ class LiveConfig:
     blocksize: int = 256
     update_every_s: float = 0.5
     model_dir: str | None = None  # a TimbreCLIP folder (the shell resolves the shipped default)
+    device: str = "cpu"  # where the steering worker runs the model (cpu, cuda, cuda:N, auto)
+    fast_predict: bool = False  # updates by the one-pass steering predictor instead of the optimiser
     worker: str = "process"  # "process", "thread" (or "inline": the offline clock)
     time_budget_s: float | None = None  # per update; default: 0.6 x update_every, at most 0.35 s
     glide_s: float = 0.020
@@ -313,7 +315,8 @@ class SteeringWorker:
 
         self.mode = mode
         config = live.config
-        args_tail = (config.model_dir, live.rate, config.update_every_s, config.budget())
+        args_tail = (config.model_dir, live.rate, config.update_every_s, config.budget(), 1, config.device,
+                     config.fast_predict)
         if mode == "process":
             import multiprocessing
 
@@ -398,7 +401,7 @@ def run_offline(config: LiveConfig, audio: np.ndarray, rate: float, sim_latency_
                            "worker": "inline"})
     live = LiveEQ(config)
     model = model if model is not None else TimbreCLIP.load(config.model_dir)
-    steerer = LiveSteerer(model, rate, live_config(None, steps=steps))
+    steerer = LiveSteerer(model, rate, live_config(None, steps=steps, fast_predict=config.fast_predict))
     block = config.blocksize
     frames = audio.shape[1]
     src = np.ascontiguousarray(np.asarray(audio, np.float32).T)  # (frames, channels), as a sound card hands it over

@@ -95,6 +95,7 @@ def _add_model_args(p) -> None:
     p.add_argument("--model", help="model directory (model.safetensors + config.json); default: the shipped model")
     p.add_argument("--backend", default="torch", choices=BACKENDS,
                    help="inference backend (auto picks the fastest that works here)")
+    p.add_argument("--device", default="cpu", help="torch backend: cpu, cuda, cuda:N or auto (default cpu)")
 
 
 BACKENDS = ("torch", "onnxruntime", "tensorrt", "auto")
@@ -138,7 +139,7 @@ def _run_embed(args) -> int:
         if not args.allow_silent:
             check_listenable(audio, rate, path)
         audios.append((path, audio, rate))
-    embedder = load_embedder(args.model, args.backend)
+    embedder = load_embedder(args.model, args.backend, args.device)
     for path, audio, rate in audios:
         out.append({"input": path, "embedding": [round(float(v), 6) for v in embedder.embed_audio(audio, rate)]})
     if args.text:
@@ -168,7 +169,7 @@ def _run_similarity(args) -> int:
     audio, rate = read_audio(args.file)
     if not args.allow_silent:
         check_listenable(audio, rate, args.file)
-    embedder = load_embedder(args.model, args.backend)
+    embedder = load_embedder(args.model, args.backend, args.device)
     scores = embedder.embed_text(args.text, template=args.template) @ embedder.embed_audio(audio, rate)
     if args.json:
         print(json.dumps([{"text": t, "similarity": round(float(s), 6)} for t, s in zip(args.text, scores)]))
@@ -265,11 +266,37 @@ def _run_train(args) -> int:
     return 0
 
 
+def _add_train_predictor(sub) -> None:
+    p = sub.add_parser("train-predictor", help="train the one-pass steering predictor for a model",
+                       description="Distil the steering optimiser into a small network (source and target "
+                                   "embeddings -> EQ) on the model's training notes, then tune it on the steering "
+                                   "objective; saved beside the model (steering_predictor.safetensors).")
+    p.add_argument("--model", required=True, help="model directory (the predictor is saved into it)")
+    p.add_argument("--data", required=True, nargs="+", metavar="DIR",
+                   help="the model's training folder(s): only its training split is used")
+    p.add_argument("--fits", type=_number("--fits", 10, 1_000_000, integer=True), default=1500,
+                   help="optimiser fits to distil (default 1500)")
+    p.add_argument("--notes", type=_number("--notes", 1, 1_000_000, integer=True), default=600,
+                   help="training notes to draw them on (default 600)")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(run=_run_train_predictor)
+
+
+def _run_train_predictor(args) -> int:
+    from timbreclip.training.predictor import run
+
+    report = run(args.model, args.data, fits=args.fits, notes=args.notes, seed=args.seed)
+    print(f"steering predictor saved to {report['saved']}: held-out objective {report['held_out_objective']}, "
+          f"curve RMS {report['distill_rms_db']} dB after distillation ({report['fits']} fits)")
+    return 0
+
+
 def _add_evaluate(sub) -> None:
     p = sub.add_parser("evaluate", help="cross-modal retrieval evaluation (the paper's Table 1) on a patch folder")
     p.add_argument("dataset", nargs="+", help="labelled patch folder(s), read as one set")
     p.add_argument("--model", action="append", help="model directory (repeatable); default: the shipped model")
     p.add_argument("--backend", default="torch", choices=BACKENDS)
+    p.add_argument("--device", default="cpu", help="torch backend: cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--json", dest="json_out", help="write the report as JSON")
     p.add_argument("--markdown", help="write the Table-1 style markdown table")
     p.add_argument("--plot", help="write R@k curves (PNG)")
@@ -292,7 +319,7 @@ def _run_evaluate(args) -> int:
         name = Path(path).name if path else "timbreclip (shipped)"
         if path and Path(path).name in ("best", "last"):
             name = f"{Path(path).parent.name}/{Path(path).name}"
-        models[name] = load_embedder(path, args.backend)
+        models[name] = load_embedder(path, args.backend, args.device)
     dataset = args.dataset[0] if len(args.dataset) == 1 else args.dataset
     report = evaluate_models(dataset, models, args.json_out, args.markdown, args.plot,
                              use_cache=not args.no_cache, split=args.split)
@@ -359,8 +386,11 @@ def _add_eq(sub) -> None:
     p.add_argument("--amount", type=_number("--amount", 0.0, 1.5), default=1.0,
                    help="how much of the fitted curve to apply (0 flat, 1 the fit, up to 1.5; default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
-    p.add_argument("--init", choices=("broad", "flat"), help="start from the best broad move (fast default) or "
-                   "flat (--paper)")
+    p.add_argument("--init", choices=("broad", "flat", "predict"), help="start from the best broad move (fast "
+                   "default), flat (--paper), or the best of those and the one-pass predictor's EQ (predict)")
+    p.add_argument("--fast-predict", action="store_true",
+                   help="no optimisation: the one-pass steering predictor's EQ (milliseconds; needs a predictor "
+                        "beside the model, as the shipped model has)")
     p.add_argument("--lr", type=_number("--lr", 0.0, 100.0, lo_open=True),
                    help="learning rate (fast default 0.3; --paper: 0.01)")
     p.add_argument("--paper", action="store_true", help="the paper's optimiser: 5000 Adam steps at lr 1e-2")
@@ -399,7 +429,18 @@ def _run_eq(args) -> int:
         if args.time_budget < 0:
             raise TimbreclipError(f"--time-budget {args.time_budget:g}: must be >= 0 (0 = no budget)")
         config = replace(config, time_budget_s=args.time_budget or None)
+    if args.fast_predict:
+        if args.paper or args.surgical or args.steps is not None or args.init not in (None, "predict"):
+            raise TimbreclipError("--fast-predict is one forward pass: it takes no --paper, --surgical, --steps "
+                                  "or --init")
+        config = replace(config, init="predict", steps=0)
     model = load_torch_model(args.model, args.device)
+    if config.init == "predict":
+        from timbreclip.neural.predictor import find_predictor
+
+        if find_predictor(model) is None:
+            raise TimbreclipError(f"{args.model or 'the shipped model'}: no steering predictor beside it (train "
+                                  "one with `timbreclip train-predictor`)")
     run = run_eq(args.input, args.output, prompts, model, args.source_weight, config,
                  match_loudness=not args.no_match_loudness, excerpt_seconds=args.excerpt, amount=args.amount)
     if args.settings_out:
@@ -466,6 +507,11 @@ def _add_live(sub) -> None:
     p.add_argument("--source-weight", type=_number("--source-weight", 0.0), default=0.5)
     p.add_argument("--amount", type=_number("--amount", 0.0, 1.5), default=1.0,
                    help="how much of the steered EQ plays (0..1.5, default 1; MIDI CC 1)")
+    p.add_argument("--fast-predict", action="store_true",
+                   help="steer with the one-pass predictor instead of the optimiser (an update in milliseconds: "
+                        "pair it with a short --update-every, e.g. 0.1)")
+    p.add_argument("--device", default="cpu", help="where the steering model runs: cpu, cuda, cuda:N or auto "
+                   "(default cpu)")
     p.add_argument("--input-device", help="input device name (or part of it) or index")
     p.add_argument("--output-device", help="output device name (or part of it) or index")
     p.add_argument("--samplerate", type=_number("--samplerate", 8000.0, 384000.0), default=48000.0)
@@ -520,11 +566,21 @@ def _run_live(args) -> int:
 
         midi_map = MidiMap.load(args.midi_map)
     from timbreclip.defaults import default_model_path
+    from timbreclip.neural.model import resolve_device
 
+    resolve_device(args.device)  # a bad --device is one line before any stream opens
+    if args.fast_predict:
+        from pathlib import Path
+
+        from timbreclip.neural.predictor import PREDICTOR_FILE
+
+        if not (Path(args.model or default_model_path()) / PREDICTOR_FILE).is_file():
+            raise TimbreclipError(f"--fast-predict: {args.model or 'the shipped model'} has no steering predictor "
+                                  "beside it (train one with `timbreclip train-predictor`)")
     config = LiveConfig(prompts=prompts, source_weight=args.source_weight, amount=args.amount,
                         sample_rate=args.samplerate, channels=args.channels, blocksize=args.blocksize,
                         update_every_s=args.update_every, model_dir=str(args.model or default_model_path()),
-                        worker=args.worker,
+                        worker=args.worker, device=args.device, fast_predict=args.fast_predict,
                         time_budget_s=args.time_budget)
     if offline:
         from timbreclip.dsp.audio_io import audio_info
@@ -593,14 +649,7 @@ def _library_model(args):
     """(embedder, the model's fingerprint, its front-end config) for --model / --backend / --device."""
     from timbreclip.defaults import load_torch_model
 
-    model = load_torch_model(args.model)
-    device = getattr(args, "device", None) or "cpu"
-    if device != "cpu":
-        import torch
-
-        if device.startswith("cuda") and not torch.cuda.is_available():
-            raise TimbreclipError(f"--device {device}: no CUDA device here")
-        model = model.to(device)
+    model = load_torch_model(args.model, getattr(args, "device", None) or "cpu")
     if args.backend == "torch":
         embedder = model
     else:
@@ -624,13 +673,11 @@ def _add_library(sub) -> None:
     a.add_argument("--processes", type=_number("--processes", 1, 64, integer=True), default=2,
                    help="rendering processes (default 2)")
     a.add_argument("--force", action="store_true", help="re-render and re-embed even unchanged sources")
-    a.add_argument("--device", default="cpu", help="torch device for embedding (cpu, cuda)")
     _add_db_arg(a)
     _add_model_args(a)
     a.set_defaults(run=_run_library_add)
     r = lsub.add_parser("reembed", help="re-embed every source with --model (after a model change)")
     r.add_argument("--processes", type=_number("--processes", 1, 64, integer=True), default=2)
-    r.add_argument("--device", default="cpu")
     _add_db_arg(r)
     _add_model_args(r)
     r.set_defaults(run=_run_library_reembed)
@@ -992,6 +1039,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_export(sub)
     _add_dataset(sub)
     _add_train(sub)
+    _add_train_predictor(sub)
     _add_evaluate(sub)
     _add_demo(sub)
     return parser

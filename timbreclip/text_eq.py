@@ -87,6 +87,10 @@ def plot_eq_run(run: EQRun, in_audio: np.ndarray, out_audio: np.ndarray, rate: f
     fig.savefig(path, dpi=100)
 
 
+def _hz(f: float) -> str:
+    return f"{f / 1000:g}k" if f >= 1000 else f"{f:g}"
+
+
 def print_run(run: EQRun, out=None) -> None:
     out = sys.stdout if out is None else out  # looked up per call: stdout may be replaced after import
     r = run.result
@@ -94,6 +98,9 @@ def print_run(run: EQRun, out=None) -> None:
           f"{r.distance_after:.4f}", file=out)
     for band in run.settings.bands:
         print("  " + band.describe(), file=out)
+    curve = run.settings.summed_curve()
+    print("  summed curve: " + "  ".join(f"{_hz(f)} {g:+.1f}" for f, g in curve)
+          + f" dB (span {run.settings.span_db():.1f} dB over 30 Hz-7.2 kHz)", file=out)
     print(f"  output gain {run.settings.output_gain_db:+.2f} dB (loudness match {run.loudness_gain_db:+.2f} dB"
           + (f", anti-clip {run.clip_gain_db:+.2f} dB" if run.clip_gain_db else "") + f"); peak {run.peak_dbfs:.1f} dBFS",
           file=out)

@@ -1,0 +1,117 @@
+"""A one-pass steering predictor: (the source's embedding, the target embedding) -> EQ parameters (amortised steering).
+
+Gradient descent costs hundreds of milliseconds per fit; a live EQ that follows the music wants an answer many times
+a second. This small network answers in one forward pass. It is trained (``training/predictor.py``) on the
+optimiser's own results over training notes and a vocabulary of steering words and word pairs, then on the steering
+objective itself; it knows one model's embedding space only, so it is saved beside that model
+(``steering_predictor.safetensors`` in the model folder) with the model's fingerprint, and refused with any other.
+
+- Input: ``[z_source, z_target, z_target - z_source]`` (3 x 384 for the shipped text space).
+- Output: the steering EQ's unconstrained parameters ``(bands, 3)`` (frequency, gain and Q logits, the layout of
+  ``ParametricEQ.from_raw``) as offsets from a flat EQ with the default band layout: a zero output is flat.
+- Used alone (``eq --fast-predict``, the live loop's ``--fast-predict`` updates) or as the optimiser's starting point
+  (``SteeringConfig(init="predict")``: the prediction joins the broad first moves and the best of them starts Adam).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from timbreclip.dsp.errors import TimbreclipError
+from timbreclip.dsp.parametric_eq import DEFAULT_BAND_TYPES, BandRanges, ParametricEQ
+
+PREDICTOR_FILE = "steering_predictor.safetensors"
+
+
+@dataclass(frozen=True)
+class PredictorConfig:
+    dim: int = 384
+    hidden: int = 192
+    bands: int = len(DEFAULT_BAND_TYPES)
+    max_gain_db: float = 9.0  # the steering ranges it predicts in (the musical defaults)
+    q_range: tuple[float, float] = (0.3, 2.0)
+    model_fingerprint: str = ""  # the TimbreCLIP model whose space it learnt
+
+
+class SteeringPredictor(nn.Module):
+    def __init__(self, config: PredictorConfig = PredictorConfig()) -> None:
+        super().__init__()
+        self.config = config
+        self.net = nn.Sequential(nn.Linear(3 * config.dim, config.hidden), nn.GELU(),
+                                 nn.Linear(config.hidden, config.hidden), nn.GELU(),
+                                 nn.Linear(config.hidden, 3 * config.bands))
+        nn.init.zeros_(self.net[-1].weight)  # starts flat
+        nn.init.zeros_(self.net[-1].bias)
+        flat = ParametricEQ(16000.0, ranges=self.ranges())
+        self.register_buffer("flat_raw", flat.raw().detach().clone())
+
+    def ranges(self) -> BandRanges:
+        return BandRanges(gain_db=(-self.config.max_gain_db, self.config.max_gain_db), q=tuple(self.config.q_range))
+
+    def forward(self, z_source: torch.Tensor, z_target: torch.Tensor) -> torch.Tensor:
+        """``(B, dim)`` x 2 -> raw EQ parameters ``(B, bands, 3)``."""
+        x = torch.cat([z_source, z_target, z_target - z_source], dim=-1)
+        return self.flat_raw + self.net(x).reshape(-1, self.config.bands, 3)
+
+    def eq(self, z_source: torch.Tensor, z_target: torch.Tensor, sample_rate: float) -> ParametricEQ:
+        """The predicted EQs as one batched ``ParametricEQ`` (differentiable in the network's weights)."""
+        return ParametricEQ.from_raw(sample_rate, self(z_source, z_target), DEFAULT_BAND_TYPES, self.ranges())
+
+    # -- files --------------------------------------------------------------------------------------------------
+    def save(self, model_dir: str | os.PathLike) -> Path:
+        from safetensors.torch import save_file
+
+        path = Path(model_dir) / PREDICTOR_FILE
+        tmp = path.with_suffix(".tmp")
+        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(tensors, str(tmp), metadata={"config": json.dumps(asdict(self.config))})
+        os.replace(tmp, path)
+        return path
+
+    @classmethod
+    def load(cls, model_dir: str | os.PathLike, model=None) -> "SteeringPredictor":
+        """The predictor saved in ``model_dir``; with ``model``, refused unless it learnt that model's space."""
+        from safetensors import safe_open
+
+        path = Path(model_dir) / PREDICTOR_FILE
+        if not path.is_file():
+            raise TimbreclipError(f"{model_dir}: no steering predictor ({PREDICTOR_FILE}); train one with "
+                                  "`timbreclip train-predictor`")
+        with safe_open(str(path), framework="pt") as f:
+            meta = json.loads(f.metadata()["config"])
+            state = {k: f.get_tensor(k) for k in f.keys()}
+        config = PredictorConfig(**{**meta, "q_range": tuple(meta["q_range"])})
+        if model is not None and hasattr(model, "fingerprint") and config.model_fingerprint \
+                and config.model_fingerprint != model.fingerprint():
+            raise TimbreclipError(f"{path}: trained for another model (fingerprint {config.model_fingerprint[:12]}, "
+                                  f"this model {model.fingerprint()[:12]}): retrain it for this model")
+        predictor = cls(config)
+        predictor.load_state_dict(state)
+        predictor.eval()
+        return predictor
+
+
+def find_predictor(model) -> SteeringPredictor | None:
+    """The predictor saved beside ``model`` (a TimbreCLIP loaded from a folder), or None."""
+    folder = getattr(model, "source_path", None)
+    if not folder or not (Path(folder) / PREDICTOR_FILE).is_file():
+        return None
+    return SteeringPredictor.load(folder, model).to(next(model.parameters()).device)
+
+
+def steering_embeddings(model, windows: torch.Tensor, prompts: dict[str, float], source_weight: float):
+    """``(z_source, target)`` of a fit: the windows' mean embedding and the normalised weighted target."""
+    with torch.no_grad():
+        device = next(model.audio.parameters()).device
+        z_source = F.normalize(model.encode_waveforms(windows.to(device)).mean(0), dim=-1)
+        z_prompts = model.encode_text(list(prompts)).to(device)
+        weights = torch.tensor(list(prompts.values()), dtype=z_prompts.dtype, device=device)
+        target = F.normalize(source_weight * z_source + (weights[:, None] * z_prompts).sum(0), dim=-1)
+    return z_source, target

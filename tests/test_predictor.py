@@ -1,0 +1,86 @@
+"""The one-pass steering predictor: trained on a tiny model's fits, saved beside it, refused by another model, used
+alone (eq --fast-predict) and as the optimiser's start (init predict)."""
+
+import numpy as np
+import pytest
+import torch
+
+from timbreclip.cli import main
+from timbreclip.dsp.audio_io import write_audio
+from timbreclip.dsp.errors import TimbreclipError
+from timbreclip.library.patchfolder import write_metadata
+from timbreclip.neural.encoder import AudioEncoderConfig
+from timbreclip.neural.frontend import prepare_audio
+from timbreclip.neural.model import ModelConfig, TimbreCLIP
+from timbreclip.neural.predictor import PREDICTOR_FILE, SteeringPredictor, find_predictor
+from timbreclip.neural.steering import SteeringConfig, steer
+from timbreclip.neural.text import MiniLMEncoder
+
+
+def _tone(f0, rate=16000, seconds=4.0, bright=1.0):
+    t = np.arange(int(rate * seconds)) / rate
+    x = sum(np.sin(2 * np.pi * f0 * h * t) / h ** (2.0 - bright) for h in range(1, 40) if f0 * h < rate / 2)
+    return (0.5 * x / np.abs(x).max() * np.exp(-0.5 * t)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    torch.manual_seed(0)
+    root = tmp_path_factory.mktemp("p")
+    model_dir = root / "model"
+    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(model_dir)
+    data = root / "data"
+    data.mkdir()
+    rows = []
+    for k in range(24):
+        name = f"n{k}.wav"
+        write_audio(data / name, _tone(110 * 2 ** (k % 12 / 12), bright=(k % 3) / 2), 16000)
+        rows.append({"path": name, "patch_id": f"synth:{k}", "title": f"Tone {chr(65 + k)}", "category": "Synth",
+                     "pitch": 45 + k % 12, "source": "synth"})
+    write_metadata(data, rows)
+    from timbreclip.training.predictor import run
+
+    report = run(str(model_dir), [str(data)], fits=40, notes=20, seed=0, log=lambda *a: None)
+    return model_dir, data, report
+
+
+def test_predictor_is_small_saved_beside_its_model_and_refused_by_another(setup, tmp_path):
+    model_dir, _, report = setup
+    path = model_dir / PREDICTOR_FILE
+    assert path.is_file() and path.stat().st_size < 2_000_000
+    assert report["fits"] == 40 and report["held_out_fits"] == 8
+    model = TimbreCLIP.load(model_dir)
+    assert find_predictor(model) is not None
+    torch.manual_seed(5)
+    other = tmp_path / "other"
+    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(other)
+    with pytest.raises(TimbreclipError, match="trained for another model"):
+        SteeringPredictor.load(model_dir, TimbreCLIP.load(other))
+
+
+def test_prediction_alone_and_as_a_start(setup):
+    model_dir, _, _ = setup
+    model = TimbreCLIP.load(model_dir)
+    windows = torch.from_numpy(prepare_audio(_tone(220), 16000, model.config.frontend))
+    alone = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig.offline(init="predict", steps=0))
+    assert alone.steps == 0 and alone.objective_after <= alone.objective_before + 1e-6 or alone.steps == 0
+    gains = alone.eq.gain_db.detach()
+    assert gains.abs().max() <= 9.0 + 1e-4
+    start = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig.offline(init="predict", steps=10))
+    broad = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig.offline(steps=10))
+    assert start.objective_after <= min(alone.objective_after, broad.objective_after + 0.05)
+
+
+def test_eq_fast_predict_cli(setup, tmp_path, capsys):
+    model_dir, data, _ = setup
+    out = tmp_path / "o.wav"
+    assert main(["eq", str(data / "n0.wav"), "-o", str(out), "--prompt", "warm", "--fast-predict",
+                 "--model", str(model_dir)]) == 0
+    assert "EQ found in 0 steps" in capsys.readouterr().out and out.is_file()
+    assert main(["eq", str(data / "n0.wav"), "-o", str(tmp_path / "x.wav"), "--prompt", "warm", "--fast-predict",
+                 "--paper", "--model", str(model_dir)]) == 2
+    bare = tmp_path / "bare"
+    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(bare)
+    assert main(["eq", str(data / "n0.wav"), "-o", str(tmp_path / "y.wav"), "--prompt", "warm", "--fast-predict",
+                 "--model", str(bare)]) == 2
+    assert "no steering predictor" in capsys.readouterr().err and not (tmp_path / "y.wav").exists()
