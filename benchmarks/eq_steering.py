@@ -88,6 +88,58 @@ def mode_config(mode: str, penalty: float | None, overrides: dict | None = None)
     return config if penalty is None else replace(config, penalty=penalty)
 
 
+def predictor_table(model, clips, fe, args, by_fit) -> dict:
+    """The one-pass predictor on the benchmark's notes and prompts: time per pass (with and without the two
+    embeddings), cosine improvement against the fast optimiser's on the same fit, notes moved the right way."""
+    from timbreclip.neural.predictor import find_predictor, steering_embeddings
+
+    predictor = find_predictor(model)
+    if predictor is None:
+        raise SystemExit("--predictor: the model has no steering predictor beside it")
+    rows, shares, fast_all, pred_all, pass_ms, full_ms = {}, [], [], [], [], []
+    config = SteeringConfig.offline(init="predict", steps=0)
+    for prompt, (kind, sign) in PROMPTS.items():
+        if args.prompts and prompt not in args.prompts:
+            continue
+        moved, gains, fast_gains = [], [], []
+        for n, audio, rate in clips:
+            if kind == "low_share" and n.pitch > BASS_MAX_PITCH:
+                continue
+            windows = torch.from_numpy(prepare_audio(audio, rate, fe))
+            t0 = time.perf_counter()
+            z_source, target = steering_embeddings(model, windows, {prompt: 1.0}, args.source_weight)
+            t1 = time.perf_counter()
+            with torch.no_grad():
+                predictor(z_source[None], target[None])
+            t2 = time.perf_counter()
+            pass_ms.append(1000 * (t2 - t1))
+            full_ms.append(1000 * (t2 - t0))
+            result = steer(model, windows, {prompt: 1.0}, args.source_weight, config, predictor=predictor)
+            after = result.eq.to_settings(rate)(audio, rate)
+            before_v, after_v = measure(kind, audio, rate), measure(kind, after, rate)
+            change = (after_v - before_v) if kind == "low_share" else np.log2(max(after_v, 1e-9) / before_v)
+            moved.append(sign * change > 0)
+            gains.append(result.improvement)
+            fast = by_fit.get(("default", prompt, n.path))
+            if fast is not None:
+                fast_gains.append(fast)
+                fast_all.append(fast)
+                pred_all.append(result.improvement)
+                if fast > 1e-6:
+                    shares.append(result.improvement / fast)
+        rows[prompt] = {"notes": len(moved), "moved_right_way_percent": round(100 * float(np.mean(moved)), 1),
+                        "median_improvement": round(float(np.median(gains)), 4),
+                        "fast_median_improvement": round(float(np.median(fast_gains)), 4) if fast_gains else None}
+    return {"fits": len(pass_ms), "median_pass_ms": float(np.median(pass_ms)),
+            "p95_pass_ms": float(np.percentile(pass_ms, 95)),
+            "median_with_embeddings_ms": float(np.median(full_ms)),
+            "p95_with_embeddings_ms": float(np.percentile(full_ms, 95)),
+            "median_share_of_fast_percent": round(100 * float(np.median(shares)), 1) if shares else None,
+            "mean_share_of_fast_percent": round(100 * sum(pred_all) / sum(fast_all), 1) if fast_all else None,
+            "worst_prompt_right_way_percent": min(r["moved_right_way_percent"] for r in rows.values()),
+            "prompts": rows}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", required=True)
@@ -99,6 +151,8 @@ def main() -> None:
     ap.add_argument("--penalty-notes", type=int, default=12, help="notes for the penalty comparison (x 2 prompts)")
     ap.add_argument("--penalty", type=float, help="gain penalty (default: the steering default)")
     ap.add_argument("--prompts", nargs="+", choices=sorted(PROMPTS), help="only these prompts")
+    ap.add_argument("--predictor", action="store_true",
+                    help="also measure the model's one-pass steering predictor (alone, and as the optimiser's start)")
     ap.add_argument("--shape", type=float, help="default mode's shape penalty weight (development)")
     ap.add_argument("--knee", type=float, help="default mode's knee in dB (development)")
     ap.add_argument("--max-gain", type=float, help="default mode's band gain cap in dB (development)")
@@ -117,7 +171,7 @@ def main() -> None:
         clips.append((n, audio.mean(axis=0), rate))
     overrides = {k: v for k, v in (("shape", args.shape), ("knee_db", args.knee), ("max_gain_db", args.max_gain))
                  if v is not None}
-    rows, fits = {}, defaultdict(list)
+    rows, fits, by_fit = {}, defaultdict(list), {}
     for prompt, (kind, sign) in PROMPTS.items():
         if args.prompts and prompt not in args.prompts:
             continue
@@ -136,6 +190,7 @@ def main() -> None:
                 moved.append(sign * change > 0)
                 changes.append(change)
                 improvements.append(result.improvement)
+                by_fit[(mode, prompt, n.path)] = result.improvement
                 views.append(engineer_view(settings, audio, after, rate))
                 times.append(result.seconds)
             fits[mode] += [{**v, "improvement": i} for v, i in zip(views, improvements)]
@@ -170,8 +225,10 @@ def main() -> None:
             100 * goals["default"]["mean_improvement"] / goals["surgical"]["mean_improvement"], 1)
     fast = mode_config("default", args.penalty, overrides)
 
+    predictor_report = predictor_table(model, clips, fe, args, by_fit) if args.predictor else None
+
     # optimiser checks on the same objective
-    paper, penalty = [], []
+    paper, penalty, started_from_prediction = [], [], []
     compare_prompts = ("bright", "warm")
     for n, audio, rate in clips[: max(args.paper_notes, args.penalty_notes)]:
         windows = torch.from_numpy(prepare_audio(audio, rate, fe))
@@ -182,6 +239,12 @@ def main() -> None:
                 paper.append({"fast_objective_gain": f.objective_before - f.objective_after,
                               "paper_objective_gain": p.objective_before - p.objective_after,
                               "fast_seconds": f.seconds, "paper_seconds": p.seconds})
+                if args.predictor:  # the optimiser started from the prediction, with 0.3 s
+                    q = steer(model, windows, {prompt: 1.0}, args.source_weight,
+                              replace(fast, init="predict", time_budget_s=0.3 / len(windows)))
+                    started_from_prediction.append({"gain": q.objective_before - q.objective_after,
+                                                    "paper_gain": p.objective_before - p.objective_after,
+                                                    "seconds": q.seconds})
             if len(penalty) < 2 * args.penalty_notes:
                 free = steer(model, windows, {prompt: 1.0}, args.source_weight, replace(fast, penalty=0.0))
                 penalty.append({"with_penalty": f.improvement, "without_penalty": free.improvement,
@@ -197,6 +260,15 @@ def main() -> None:
             "fast_mean_seconds": round(float(np.mean([r["fast_seconds"] for r in paper])), 3),
             "fast_max_seconds": round(float(np.max([r["fast_seconds"] for r in paper])), 3),
             "paper_mean_seconds": round(float(np.mean([r["paper_seconds"] for r in paper])), 1)}
+    if predictor_report:
+        report["predictor"] = predictor_report
+        if started_from_prediction:
+            g = sum(r["gain"] for r in started_from_prediction)
+            pg = sum(r["paper_gain"] for r in started_from_prediction)
+            predictor_report["as_start"] = {
+                "runs": len(started_from_prediction), "budget_s": 0.3,
+                "share_of_paper_improvement_percent": round(100 * g / pg, 1) if pg > 0 else None,
+                "max_seconds": round(float(np.max([r["seconds"] for r in started_from_prediction])), 3)}
     if penalty:
         w = sum(r["with_penalty"] for r in penalty)
         wo = sum(r["without_penalty"] for r in penalty)
@@ -228,6 +300,21 @@ def main() -> None:
               f"improvement {g['mean_improvement']}"
               + (f" = {g['improvement_share_of_surgical_percent']}% of surgical's (goal 90)"
                  if "improvement_share_of_surgical_percent" in g else ""))
+    if predictor_report:
+        c = predictor_report
+        print(f"one-pass predictor on {c['fits']} fits: {c['median_pass_ms']:.2f} ms per pass (p95 "
+              f"{c['p95_pass_ms']:.2f}), {c['median_with_embeddings_ms']:.1f} ms with the embeddings (p95 "
+              f"{c['p95_with_embeddings_ms']:.1f}); median share of the fast optimiser's cosine improvement "
+              f"{c['median_share_of_fast_percent']}% (goal 90; ratio of means {c['mean_share_of_fast_percent']}%)")
+        print(f"{'prompt':<11} {'right way':>9} {'median cos gain':>15} {'fast optimiser':>14}")
+        for p, r in c["prompts"].items():
+            print(f"{p:<11} {r['moved_right_way_percent']:>8.1f}% {r['median_improvement']:>15.4f} "
+                  f"{r['fast_median_improvement']:>14.4f}")
+        if "as_start" in c:
+            a = c["as_start"]
+            print(f"as the optimiser's start ({a['runs']} runs, {a['budget_s']} s budget): "
+                  f"{a['share_of_paper_improvement_percent']}% of the paper mode's objective improvement "
+                  f"(goal 95), max {a['max_seconds']} s")
     if "fast_vs_paper" in report:
         c = report["fast_vs_paper"]
         print(f"fast vs paper (5000 steps, lr 1e-2) on {c['runs']} runs: fast reaches "

@@ -43,3 +43,16 @@ def server():
         yield srv
         sd._terminate()
     sd._initialize()
+
+
+def save_tiny_model(path, seed: int = 0):
+    """A random width-8 TimbreCLIP (with the bundled MiniLM text tower) saved at ``path``: fast to fit with."""
+    import torch
+
+    from timbreclip.neural.encoder import AudioEncoderConfig
+    from timbreclip.neural.model import ModelConfig, TimbreCLIP
+    from timbreclip.neural.text import MiniLMEncoder
+
+    torch.manual_seed(seed)
+    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(path)
+    return path

@@ -6,7 +6,6 @@ import tracemalloc
 import numpy as np
 import pyloudnorm
 import pytest
-import torch
 
 from timbreclip.dsp.loudness import CEILING_DBFS, LoudnessMeter, loudness_lufs, match_and_guard
 
@@ -47,14 +46,9 @@ def test_gain_rule_matches_loudness_then_guards_the_peak():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from timbreclip.neural.encoder import AudioEncoderConfig
-    from timbreclip.neural.model import ModelConfig, TimbreCLIP
-    from timbreclip.neural.text import MiniLMEncoder
+    from conftest import save_tiny_model
 
-    torch.manual_seed(0)
-    path = tmp_path_factory.mktemp("m") / "m"
-    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(path)
-    return path
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "m")
 
 
 def _loud_note(seconds=2.0, rate=44100):

@@ -9,12 +9,10 @@ from timbreclip.cli import main
 from timbreclip.dsp.audio_io import write_audio
 from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.library.patchfolder import write_metadata
-from timbreclip.neural.encoder import AudioEncoderConfig
 from timbreclip.neural.frontend import prepare_audio
-from timbreclip.neural.model import ModelConfig, TimbreCLIP
+from timbreclip.neural.model import TimbreCLIP
 from timbreclip.neural.predictor import PREDICTOR_FILE, SteeringPredictor, find_predictor
 from timbreclip.neural.steering import SteeringConfig, steer
-from timbreclip.neural.text import MiniLMEncoder
 
 
 def _tone(f0, rate=16000, seconds=4.0, bright=1.0):
@@ -25,10 +23,10 @@ def _tone(f0, rate=16000, seconds=4.0, bright=1.0):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    torch.manual_seed(0)
+    from conftest import save_tiny_model
+
     root = tmp_path_factory.mktemp("p")
-    model_dir = root / "model"
-    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(model_dir)
+    model_dir = save_tiny_model(root / "model")
     data = root / "data"
     data.mkdir()
     rows = []
@@ -51,9 +49,7 @@ def test_predictor_is_small_saved_beside_its_model_and_refused_by_another(setup,
     assert report["fits"] == 40 and report["held_out_fits"] == 8
     model = TimbreCLIP.load(model_dir)
     assert find_predictor(model) is not None
-    torch.manual_seed(5)
-    other = tmp_path / "other"
-    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(other)
+    other = save_tiny_model(tmp_path / "other", seed=5)
     with pytest.raises(TimbreclipError, match="trained for another model"):
         SteeringPredictor.load(model_dir, TimbreCLIP.load(other))
 
@@ -79,8 +75,7 @@ def test_eq_fast_predict_cli(setup, tmp_path, capsys):
     assert "EQ found in 0 steps" in capsys.readouterr().out and out.is_file()
     assert main(["eq", str(data / "n0.wav"), "-o", str(tmp_path / "x.wav"), "--prompt", "warm", "--fast-predict",
                  "--paper", "--model", str(model_dir)]) == 2
-    bare = tmp_path / "bare"
-    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(bare)
+    bare = save_tiny_model(tmp_path / "bare", seed=2)
     assert main(["eq", str(data / "n0.wav"), "-o", str(tmp_path / "y.wav"), "--prompt", "warm", "--fast-predict",
                  "--model", str(bare)]) == 2
     assert "no steering predictor" in capsys.readouterr().err and not (tmp_path / "y.wav").exists()

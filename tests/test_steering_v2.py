@@ -10,19 +10,16 @@ from timbreclip.cli import main
 from timbreclip.dsp.audio_io import read_audio, write_audio
 from timbreclip.dsp.errors import SettingsError
 from timbreclip.dsp.settings import Band, EQSettings
-from timbreclip.neural.encoder import AudioEncoderConfig
 from timbreclip.neural.frontend import prepare_audio
-from timbreclip.neural.model import ModelConfig, TimbreCLIP
+from timbreclip.neural.model import TimbreCLIP
 from timbreclip.neural.steering import SteeringConfig, shape_penalty, steer
-from timbreclip.neural.text import MiniLMEncoder
 
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    torch.manual_seed(1)
-    path = tmp_path_factory.mktemp("m") / "m"
-    TimbreCLIP(ModelConfig(audio=AudioEncoderConfig(width=8)), text_encoder=MiniLMEncoder()).save(path)
-    return path
+    from conftest import save_tiny_model
+
+    return save_tiny_model(tmp_path_factory.mktemp("m") / "m", seed=1)
 
 
 def _note(seconds=2.0, rate=44100, f0=110.0):
