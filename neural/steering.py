@@ -53,10 +53,11 @@ class SteeringConfig:
     penalty: float = 0.02
     max_gain_db: float = 9.0  # band gains within +-9 dB (--surgical: 12)
     q_range: tuple[float, float] = (0.3, 2.0)  # broad bands only (--surgical: 0.3..10, narrow resonances allowed)
-    shape: float = 1.0  # weight of the shape penalty on the summed curve (0 = off: --surgical)
-    knee_db: float = 3.0  # the summed curve is free within +-knee; past it the penalty grows with the square
+    shape: float = 0.03  # weight of the shape penalty on the summed curve (0 = off: --surgical)
+    knee_db: float = 6.0  # the summed curve is free within +-knee; past it the penalty grows with the square
     boost_weight: float = 2.0  # a boost past the knee costs this many times a cut
     max_span_db: float = 15.0  # a summed curve spanning more (highest - lowest point) is penalised too
+    max_level_db: float = 4.0  # a level change (the sound's power through the EQ) past this is penalised too
     seed: int = 0  # kept for settings files and scripts: nothing in a fit is random
     init: str = "broad"  # "broad" (best of BROAD_MOVES, or flat) or "flat" (the paper's)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -169,8 +170,8 @@ CURVE_LOW_HZ, CURVE_HIGH_HZ = 30.0, 7200.0  # where the summed curve is judged (
 def shape_penalty(curve_db: torch.Tensor, weights: torch.Tensor, config: SteeringConfig) -> torch.Tensor:
     """What a mixing engineer objects to in a summed curve ``(K, points)`` (dB, points weighted by ``weights``):
     moves past ``knee_db`` (squared, so a few dB cost little and 12 cost a lot), boosts ``boost_weight`` times more
-    than cuts, and a span (highest - lowest point) past ``max_span_db``. In units of (6 dB)^2: about 0.03 for a
-    6 dB boost everywhere."""
+    than cuts, and a span (highest - lowest point) past ``max_span_db``. In units of (6 dB)^2: a boost 3 dB past
+    the knee everywhere costs 0.5 (times ``boost_weight``/2), before the config's ``shape`` weight."""
     over = torch.relu(curve_db - config.knee_db) ** 2 * config.boost_weight + torch.relu(-curve_db - config.knee_db) ** 2
     span = curve_db.max(-1).values - curve_db.min(-1).values
     return ((over * weights).sum(-1) + torch.relu(span - config.max_span_db) ** 2) / 36.0
@@ -192,13 +193,18 @@ class Regulariser:
         self.in_band = in_band.to(device)
         self.per_octave = (per_octave / per_octave.sum()).to(device)
 
-    def __call__(self, eq: ParametricEQ, gains: torch.Tensor) -> torch.Tensor:
-        """``(K,)`` for the K EQs of ``eq`` whose power gains are ``gains (K, bins)``."""
+    def __call__(self, eq: ParametricEQ, gains: torch.Tensor, spectrum: torch.Tensor | None = None) -> torch.Tensor:
+        """``(K,)`` for the K EQs of ``eq`` whose power gains are ``gains (K, bins)``; ``spectrum`` (``(bins,)`` or
+        ``(K, bins)``: the source's mean power per bin) adds the level term: the EQ's change of the sound's power
+        past ``max_level_db``, what loudness matching would have to take back."""
         gain_db = eq.gain_db.reshape(len(gains), -1)
         out = self.config.penalty * gain_db.abs().mean(-1) / 12.0
         if self.config.shape > 0:
             curve = 10.0 * torch.log10(gains[:, self.in_band] + 1e-12)
             out = out + self.config.shape * shape_penalty(curve, self.per_octave, self.config)
+            if spectrum is not None:
+                level = 10.0 * torch.log10((gains * spectrum).sum(-1) / spectrum.sum(-1).clamp(min=1e-20) + 1e-12)
+                out = out + self.config.shape * torch.relu(level.abs() - self.config.max_level_db) ** 2 / 36.0
         return out
 
 
@@ -236,6 +242,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     ranges = steering_ranges(config)
     eq = ParametricEQ(fe_cfg.sample_rate, ranges=ranges).to(device)
     regulariser = Regulariser(config, fe_cfg, device)
+    spectrum = power.mean(dim=(0, 2))  # the source's mean power per bin (the level term)
 
     def objective(eq: ParametricEQ) -> tuple[torch.Tensor, torch.Tensor]:
         """Objective and cosine distance of each EQ of a (possibly batched) ``eq``: ``(K,)`` each."""
@@ -243,7 +250,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         powered = (power[None] * gains[:, None, :, None]).reshape(-1, *power.shape[1:])
         z = encoder(fe.features_from_power(powered)).reshape(len(gains), len(power), -1).mean(1)
         distance = 1.0 - F.normalize(z, dim=-1) @ target
-        return distance + regulariser(eq, gains), distance
+        return distance + regulariser(eq, gains, spectrum), distance
 
     with torch.no_grad():
         obj0, dist0 = (float(v[0]) for v in objective(eq))  # flat: every mode's improvement is measured from here

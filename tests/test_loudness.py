@@ -7,6 +7,8 @@ import numpy as np
 import pyloudnorm
 import pytest
 
+from conftest import save_tiny_model
+
 from timbreclip.dsp.loudness import CEILING_DBFS, LoudnessMeter, loudness_lufs, match_and_guard
 
 
@@ -46,8 +48,6 @@ def test_gain_rule_matches_loudness_then_guards_the_peak():
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory):
-    from conftest import save_tiny_model
-
     return save_tiny_model(tmp_path_factory.mktemp("m") / "m")
 
 

@@ -5,6 +5,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import save_tiny_model
+
 from timbreclip.cli import main
 from timbreclip.dsp.audio_io import write_audio
 from timbreclip.dsp.errors import TimbreclipError
@@ -23,8 +25,6 @@ def _tone(f0, rate=16000, seconds=4.0, bright=1.0):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-    from conftest import save_tiny_model
-
     root = tmp_path_factory.mktemp("p")
     model_dir = save_tiny_model(root / "model")
     data = root / "data"
@@ -38,7 +38,7 @@ def setup(tmp_path_factory):
     write_metadata(data, rows)
     from timbreclip.training.predictor import run
 
-    report = run(str(model_dir), [str(data)], fits=40, notes=20, seed=0, log=lambda *a: None)
+    report = run(str(model_dir), [str(data)], fits=20, draws=40, notes=20, seed=0, log=lambda *a: None)
     return model_dir, data, report
 
 
@@ -46,7 +46,7 @@ def test_predictor_is_small_saved_beside_its_model_and_refused_by_another(setup,
     model_dir, _, report = setup
     path = model_dir / PREDICTOR_FILE
     assert path.is_file() and path.stat().st_size < 2_000_000
-    assert report["fits"] == 40 and report["held_out_fits"] == 8
+    assert report["draws"] == 40 and report["fits"] == 20 and report["held_out_draws"] == 8
     model = TimbreCLIP.load(model_dir)
     assert find_predictor(model) is not None
     other = save_tiny_model(tmp_path / "other", seed=5)

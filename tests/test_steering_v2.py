@@ -6,6 +6,8 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import save_tiny_model
+
 from timbreclip.cli import main
 from timbreclip.dsp.audio_io import read_audio, write_audio
 from timbreclip.dsp.errors import SettingsError
@@ -17,8 +19,6 @@ from timbreclip.neural.steering import SteeringConfig, shape_penalty, steer
 
 @pytest.fixture(scope="module")
 def model_dir(tmp_path_factory):
-    from conftest import save_tiny_model
-
     return save_tiny_model(tmp_path_factory.mktemp("m") / "m", seed=1)
 
 
@@ -48,9 +48,10 @@ def test_shape_penalty_grows_past_the_knee_and_boosts_cost_more_than_cuts():
     def cost(db):
         return float(shape_penalty(torch.full((1, 10), float(db)), w, cfg)[0])
 
-    assert cost(0) == 0 and cost(2.9) == 0  # moves within the knee are free
-    assert cost(6) > 0 and cost(9) == pytest.approx(4 * cost(6))  # squared past the knee: 6^2 vs 3^2
-    assert cost(6) == pytest.approx(cfg.boost_weight * cost(-6))
+    knee = cfg.knee_db
+    assert cost(0) == 0 and cost(knee - 0.1) == 0  # moves within the knee are free
+    assert cost(knee + 3) > 0 and cost(knee + 6) == pytest.approx(4 * cost(knee + 3))  # squared past the knee
+    assert cost(knee + 3) == pytest.approx(cfg.boost_weight * cost(-knee - 3))
     span = torch.tensor([[10.0] * 5 + [-10.0] * 5])
     assert float(shape_penalty(span, w, cfg)[0]) > cost(10) / 2 + cost(-10) / 2  # a 20 dB span costs extra
 

@@ -274,8 +274,10 @@ def _add_train_predictor(sub) -> None:
     p.add_argument("--model", required=True, help="model directory (the predictor is saved into it)")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR",
                    help="the model's training folder(s): only its training split is used")
-    p.add_argument("--fits", type=_number("--fits", 10, 1_000_000, integer=True), default=1500,
-                   help="optimiser fits to distil (default 1500)")
+    p.add_argument("--fits", type=_number("--fits", 10, 1_000_000, integer=True), default=400,
+                   help="optimiser fits to distil (about a second each; default 400)")
+    p.add_argument("--draws", type=_number("--draws", 10, 1_000_000, integer=True), default=2400,
+                   help="(note, words) examples for the objective stage, the fits among them (default 2400)")
     p.add_argument("--notes", type=_number("--notes", 1, 1_000_000, integer=True), default=600,
                    help="training notes to draw them on (default 600)")
     p.add_argument("--seed", type=int, default=0)
@@ -285,9 +287,10 @@ def _add_train_predictor(sub) -> None:
 def _run_train_predictor(args) -> int:
     from timbreclip.training.predictor import run
 
-    report = run(args.model, args.data, fits=args.fits, notes=args.notes, seed=args.seed)
+    report = run(args.model, args.data, fits=args.fits, draws=args.draws, notes=args.notes, seed=args.seed)
     print(f"steering predictor saved to {report['saved']}: held-out objective {report['held_out_objective']}, "
-          f"curve RMS {report['distill_rms_db']} dB after distillation ({report['fits']} fits)")
+          f"curve RMS {report['distill_rms_db']} dB after distillation ({report['fits']} fits, "
+          f"{report['draws']} draws)")
     return 0
 
 

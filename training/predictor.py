@@ -1,17 +1,18 @@
 """Training the one-pass steering predictor (``neural/predictor.py``): distilled from the optimiser, then tuned on the
 steering objective itself (``timbreclip train-predictor``).
 
-1. Fits: for training notes (the model's own training split: never its validation notes, never the Tim family)
-   and prompt sets drawn from ``VOCABULARY`` (one word, or two with the second weighted 0.3..1) and source weights
-   (0.5 mostly, else 0.25..1), the optimiser with the musical defaults (``SteeringConfig.offline()``) finds an EQ.
-   Each fit keeps the source embedding, the target, the window (for stage 3) and the fitted summed curve.
+1. Draws: training notes (the model's own training split: never its validation notes, never the Tim family) with
+   prompt sets drawn from ``VOCABULARY`` (one word, or two with the second weighted 0.3..1) and source weights
+   (0.5 mostly, else 0.25..1); each keeps the source embedding, the target and the window. For the first
+   ``fits`` draws the optimiser with the musical defaults (``SteeringConfig.offline()``) finds an EQ, whose summed
+   curve is kept (a second of CPU each; the other draws cost an embedding).
 2. Distillation: the predictor's summed curve (dB at 64 log-spaced points over 30 Hz-7.2 kHz) is pulled to the
    optimiser's (mean squared error). Curves, not parameters: eight bands can draw one curve in many orders.
 3. The objective: the same loss the optimiser minimises (cosine distance to the target through the frozen model,
    plus the gain and shape penalties) on the predicted EQs, batched, with the distillation loss kept at a small
    weight so the predictor stays near EQs the optimiser would choose.
 
-A fifth of the fits is held out; the epoch with the best held-out objective is kept.
+A fifth of the draws is held out; the epoch with the best held-out objective is kept.
 """
 
 from __future__ import annotations
@@ -42,12 +43,14 @@ CURVE_POINTS = np.geomspace(CURVE_LOW_HZ, CURVE_HIGH_HZ, 64)
 
 @dataclass
 class Fit:
+    """One (note, words) draw: its embeddings and window; with the optimiser's answer where it was fitted."""
+
     z_source: np.ndarray
     target: np.ndarray
     window: np.ndarray  # (samples,) at the model's rate
-    curve_db: np.ndarray  # the optimiser's summed curve at CURVE_POINTS
-    improvement: float
     prompts: dict
+    curve_db: np.ndarray | None = None  # the optimiser's summed curve at CURVE_POINTS
+    improvement: float | None = None
 
 
 def pick_training_notes(model, folders, count: int, seed: int) -> list:
@@ -73,27 +76,31 @@ def curve_db(eq, sample_rate: float) -> torch.Tensor:
     return 10.0 * torch.log10(h.real ** 2 + h.imag ** 2 + 1e-12).float()
 
 
-def make_fits(model, notes, count: int, seed: int, config: SteeringConfig, log=print) -> list[Fit]:
+def make_draws(model, notes, draws: int, fits: int, seed: int, config: SteeringConfig, log=print) -> list[Fit]:
+    """``draws`` (note, words) examples; the first ``fits`` of them also get the optimiser's EQ (the expensive
+    part: about a second each)."""
     fe = model.config.frontend
     rng = np.random.default_rng(seed + 1)
-    fits, started = [], time.time()
-    for k in range(count):
+    out, started = [], time.time()
+    for k in range(draws):
         note = notes[k % len(notes)]
         audio, rate = read_audio(note.path)
         windows = torch.from_numpy(prepare_audio(audio.mean(axis=0), rate, fe))[:1]
         prompts, source_weight = draw_prompts(rng)
-        result = steer(model, windows, prompts, source_weight, config)
         z_source, target = steering_embeddings(model, windows, prompts, source_weight)
-        with torch.no_grad():
-            curve = curve_db(result.eq, fe.sample_rate).reshape(-1).cpu().numpy()
-        fits.append(Fit(z_source.cpu().numpy(), target.cpu().numpy(), windows[0].numpy(), curve, result.improvement,
-                        prompts))
-        if (k + 1) % 100 == 0:
-            log(f"{k + 1}/{count} fits ({time.time() - started:.0f} s)")
-    return fits
+        draw = Fit(z_source.cpu().numpy(), target.cpu().numpy(), windows[0].numpy(), prompts)
+        if k < fits:
+            result = steer(model, windows, prompts, source_weight, config)
+            with torch.no_grad():
+                draw.curve_db = curve_db(result.eq, fe.sample_rate).reshape(-1).cpu().numpy()
+            draw.improvement = result.improvement
+            if (k + 1) % 100 == 0:
+                log(f"{k + 1}/{fits} optimiser fits ({time.time() - started:.0f} s)")
+        out.append(draw)
+    return out
 
 
-def train_predictor(model, fits: list[Fit], epochs_distill: int = 300, epochs_objective: int = 12,
+def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_objective: int = 12,
                     batch: int = 32, seed: int = 0, distill_weight: float = 0.02, log=print) -> tuple[SteeringPredictor, dict]:
     torch.manual_seed(seed)
     fe_cfg = model.config.frontend
@@ -102,18 +109,20 @@ def train_predictor(model, fits: list[Fit], epochs_distill: int = 300, epochs_ob
                                                   q_range=tuple(config.q_range),
                                                   model_fingerprint=model.fingerprint()))
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(fits))
-    held = set(order[: max(1, len(fits) // 5)].tolist())
-    train_idx = [i for i in range(len(fits)) if i not in held]
+    order = rng.permutation(len(draws))
+    held = set(order[: max(1, len(draws) // 5)].tolist())
+    train_idx = [i for i in range(len(draws)) if i not in held]
     val_idx = sorted(held)
+    fitted_train = [i for i in train_idx if draws[i].curve_db is not None]
+    fitted_val = [i for i in val_idx if draws[i].curve_db is not None] or fitted_train[:1]
 
     def tensors(idx):
-        return (torch.from_numpy(np.stack([fits[i].z_source for i in idx])),
-                torch.from_numpy(np.stack([fits[i].target for i in idx])),
-                torch.from_numpy(np.stack([fits[i].curve_db for i in idx])).float())
+        return (torch.from_numpy(np.stack([draws[i].z_source for i in idx])),
+                torch.from_numpy(np.stack([draws[i].target for i in idx])),
+                torch.from_numpy(np.stack([draws[i].curve_db for i in idx])).float())
 
-    zs, zt, curves = tensors(train_idx)
-    vzs, vzt, vcurves = tensors(val_idx)
+    zs, zt, curves = tensors(fitted_train)
+    vzs, vzt, vcurves = tensors(fitted_val)
     opt = torch.optim.AdamW(predictor.parameters(), lr=2e-3, weight_decay=1e-3)
     # stage 2: distillation on curves (cheap: no encoder)
     for epoch in range(epochs_distill):
@@ -137,17 +146,17 @@ def train_predictor(model, fits: list[Fit], epochs_distill: int = 300, epochs_ob
     fe = model.frontend
     regulariser = Regulariser(config, fe_cfg, torch.device("cpu"))
     with torch.no_grad():
-        powers = fe.power(torch.from_numpy(np.stack([f.window for f in fits])))
+        powers = fe.power(torch.from_numpy(np.stack([f.window for f in draws])))
 
     def objective(idx) -> tuple[torch.Tensor, torch.Tensor]:
         idx_t = torch.as_tensor(idx)
-        eq = predictor.eq(torch.from_numpy(np.stack([fits[i].z_source for i in idx])),
-                          torch.from_numpy(np.stack([fits[i].target for i in idx])), fe_cfg.sample_rate)
+        eq = predictor.eq(torch.from_numpy(np.stack([draws[i].z_source for i in idx])),
+                          torch.from_numpy(np.stack([draws[i].target for i in idx])), fe_cfg.sample_rate)
         gains = eq.gain_on_grid(fe_cfg.n_fft)
         z = F.normalize(encoder(fe.features_from_power(powers[idx_t] * gains[:, :, None])), dim=-1)
-        targets = torch.from_numpy(np.stack([fits[i].target for i in idx]))
+        targets = torch.from_numpy(np.stack([draws[i].target for i in idx]))
         distance = 1.0 - (z * targets).sum(-1)
-        return distance + regulariser(eq, gains), distance
+        return distance + regulariser(eq, gains, powers[idx_t].mean(-1)), distance
 
     def held_out() -> float:
         with torch.no_grad():
@@ -161,11 +170,14 @@ def train_predictor(model, fits: list[Fit], epochs_distill: int = 300, epochs_ob
         for start in range(0, len(perm), batch):
             b = perm[start:start + batch].tolist()
             loss, _ = objective(b)
-            eq = predictor.eq(torch.from_numpy(np.stack([fits[i].z_source for i in b])),
-                              torch.from_numpy(np.stack([fits[i].target for i in b])), fe_cfg.sample_rate)
-            distill = F.mse_loss(curve_db(eq, fe_cfg.sample_rate),
-                                 torch.from_numpy(np.stack([fits[i].curve_db for i in b])).float()) / 36.0
-            total = loss.mean() + distill_weight * distill
+            labelled = [i for i in b if draws[i].curve_db is not None]
+            total = loss.mean()
+            if labelled:  # stay near EQs the optimiser would choose
+                eq = predictor.eq(torch.from_numpy(np.stack([draws[i].z_source for i in labelled])),
+                                  torch.from_numpy(np.stack([draws[i].target for i in labelled])), fe_cfg.sample_rate)
+                distill = F.mse_loss(curve_db(eq, fe_cfg.sample_rate),
+                                     torch.from_numpy(np.stack([draws[i].curve_db for i in labelled])).float()) / 36.0
+                total = total + distill_weight * distill
             opt.zero_grad()
             total.backward()
             opt.step()
@@ -176,14 +188,16 @@ def train_predictor(model, fits: list[Fit], epochs_distill: int = 300, epochs_ob
         log(f"objective epoch {epoch}: held-out objective {value:.4f}{'  *best*' if value <= best else ''}")
     predictor.load_state_dict(best_state)
     predictor.eval()
-    return predictor, {"fits": len(fits), "held_out_fits": len(val_idx), "distill_rms_db": round(distill_val, 3),
+    return predictor, {"draws": len(draws), "fits": len(fitted_train) + len(fitted_val),
+                       "held_out_draws": len(val_idx), "distill_rms_db": round(distill_val, 3),
                        "held_out_objective": round(best, 5), "objective_history": history,
-                       "optimiser_mean_improvement": round(float(np.mean([f.improvement for f in fits])), 5)}
+                       "optimiser_mean_improvement": round(float(np.mean([f.improvement for f in draws
+                                                                          if f.improvement is not None])), 5)}
 
 
-def run(model_dir: str, folders: list[str], fits: int = 1500, notes: int = 600, seed: int = 0,
+def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, notes: int = 600, seed: int = 0,
         log=print) -> dict:
-    """``timbreclip train-predictor``: fits, training, and the predictor saved beside the model."""
+    """``timbreclip train-predictor``: draws and fits, training, and the predictor saved beside the model."""
     from timbreclip.neural.model import TimbreCLIP
 
     model = TimbreCLIP.load(model_dir)
@@ -192,8 +206,8 @@ def run(model_dir: str, folders: list[str], fits: int = 1500, notes: int = 600, 
     if not picked:
         raise TimbreclipError(f"{', '.join(folders)}: no training notes between MIDI 36 and 96")
     started = time.time()
-    made = make_fits(model, picked, fits, seed, SteeringConfig.offline(), log)
-    log(f"{len(made)} fits in {time.time() - started:.0f} s")
+    made = make_draws(model, picked, max(draws, fits), fits, seed, SteeringConfig.offline(), log)
+    log(f"{len(made)} draws, {fits} of them fitted, in {time.time() - started:.0f} s")
     predictor, report = train_predictor(model, made, seed=seed, log=log)
     path = predictor.save(model_dir)
     report.update({"notes": len(picked), "fit_seconds": round(time.time() - started, 1), "saved": str(path),
