@@ -76,3 +76,20 @@ def test_bootstrap_interval_brackets_the_mean():
     s = res.summary(np.random.default_rng(0))
     lo, hi = s["R@1_ci"]
     assert lo <= s["R@1"] <= hi and hi > lo
+
+
+def test_paired_difference_is_tighter_than_the_two_intervals_and_centred():
+    from timbreclip.training.evaluation import QueryResults, paired_difference
+
+    rng = np.random.default_rng(0)
+    groups = np.repeat(np.arange(40), 2)
+    base = (rng.random(80) < 0.4).astype(float)
+    better = np.maximum(base, (rng.random(80) < 0.15).astype(float))  # the same queries, a few more hits
+    a = QueryResults({m: base for m in ("R@1", "R@10", "hit@1", "hit@10")}, groups)
+    b = QueryResults({m: better for m in ("R@1", "R@10", "hit@1", "hit@10")}, groups)
+    d = paired_difference(a, b, np.random.default_rng(1))["hit@1"]
+    assert d[0] == pytest.approx(100 * (better - base).mean(), abs=0.01) and d[1] <= d[0] <= d[2]
+    assert d[1] >= 0  # never worse on any query: the paired interval cannot go below zero
+    sa, sb = a.summary(np.random.default_rng(1)), b.summary(np.random.default_rng(1))
+    assert d[2] - d[1] < (sa["hit@1_ci"][1] - sa["hit@1_ci"][0])  # pairing removes the queries' own spread
+    assert paired_difference(a, a, np.random.default_rng(1))["R@1"] == [0.0, 0.0, 0.0]

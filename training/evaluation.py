@@ -100,6 +100,25 @@ class QueryResults:
         return out
 
 
+PAIRED_METRICS = ("R@1", "R@10", "hit@1", "hit@10")
+
+
+def paired_difference(a: QueryResults, b: QueryResults, rng: np.random.Generator, n_boot: int = BOOTSTRAP,
+                      metrics=PAIRED_METRICS) -> dict[str, list[float]]:
+    """``b - a`` for two models' results on the same queries: the mean difference and its 95% bootstrap interval,
+    both models resampled with the same draws (a paired test: the spread of the queries cancels)."""
+    uniq, inverse = np.unique(a.groups, return_inverse=True)
+    counts = rng.multinomial(len(uniq), np.full(len(uniq), 1.0 / len(uniq)), size=n_boot)
+    denom = np.maximum(counts @ np.bincount(inverse, minlength=len(uniq)).astype(np.float64), 1)
+    out = {}
+    for name in metrics:
+        d = b.values[name] - a.values[name]
+        means = (counts @ np.bincount(inverse, weights=d, minlength=len(uniq))) / denom
+        lo, hi = np.percentile(means, [2.5, 97.5]) * 100.0
+        out[name] = [round(float(d.mean()) * 100.0, 2), round(float(lo), 2), round(float(hi), 2)]
+    return out
+
+
 def text_to_patch(text_emb: np.ndarray, note_emb: np.ndarray, note_patch: np.ndarray, n_patches: int,
                   relevant: list[np.ndarray], query_chunk: int = 256, note_chunk: int = 32768,
                   ks=KS) -> QueryResults:
@@ -282,8 +301,9 @@ def cache_path(model_fingerprint: str, eval_set: EvalSet) -> Path:
 
 
 def evaluate_embeddings(eval_set: EvalSet, note_emb: np.ndarray, embed_texts, rng=None,
-                        ks=KS) -> dict[str, dict[str, dict]]:
-    """Both directions, every query type, for one model's note embeddings; ``embed_texts(list) -> (N, D)``."""
+                        ks=KS, raw: dict | None = None) -> dict[str, dict[str, dict]]:
+    """Both directions, every query type, for one model's note embeddings; ``embed_texts(list) -> (N, D)``.
+    ``raw``: filled with the per-query results ``{(direction, query type): QueryResults}`` (paired comparisons)."""
     row: dict[str, dict[str, dict]] = {"text_to_patch": {}, "audio_to_text": {}}
     for qt in QUERY_TYPES:
         per_patch = eval_set.patch_texts[qt]
@@ -299,6 +319,8 @@ def evaluate_embeddings(eval_set: EvalSet, note_emb: np.ndarray, embed_texts, rn
         a2t = audio_to_text(note_emb, text_emb, note_text, eval_set.note_patch, ks=ks)
         row["text_to_patch"][qt] = t2p.summary(rng)
         row["audio_to_text"][qt] = a2t.summary(rng)
+        if raw is not None:
+            raw[("text_to_patch", qt)], raw[("audio_to_text", qt)] = t2p, a2t
     return row
 
 
@@ -339,6 +361,14 @@ def markdown_table(report: dict) -> str:
             cells = [f"{row[d][qt][c]:.3f}" if c != "mean_rank" else f"{row[d][qt][c]:.1f}"
                      for d in ("text_to_patch", "audio_to_text") for c in cols]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        lines.append("")
+    for pair, diffs in report.get("differences", {}).items():
+        lines += [f"**PAIRED DIFFERENCES** {pair} (points, 95% paired bootstrap interval)", "",
+                  "| direction | query | " + " | ".join(PAIRED_METRICS) + " |", "|---|---|" + "---|" * len(PAIRED_METRICS)]
+        for direction, per in diffs.items():
+            for qt, d in per.items():
+                cells = [f"{v[0]:+.1f} ({v[1]:+.1f} to {v[2]:+.1f})" for v in (d[m] for m in PAIRED_METRICS)]
+                lines.append(f"| {direction.replace('_', ' ')} | {SECTION_NAMES[qt].lower()} | " + " | ".join(cells) + " |")
         lines.append("")
     plain = {n: r for n, r in report.get("plain_language", {}).items() if r.get("queries")}
     if plain:
@@ -468,6 +498,7 @@ def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_o
     clips = load_clips(eval_set.paths, rate, samples)
     eval_set.note_hash = audio_hashes(clips)
     report = {"dataset": eval_set.name, "patches": len(eval_set.patch_ids), "notes": eval_set.n_notes, "rows": {}}
+    raw_results: dict[str, dict] = {}
     curves = {}
     for name, model in models.items():
         fe = model.config.frontend
@@ -482,12 +513,22 @@ def evaluate_models(folder: str | os.PathLike, models: dict[str, object], json_o
             if use_cache:
                 cached.parent.mkdir(parents=True, exist_ok=True)
                 np.save(cached, note_emb)
+        raw_results[name] = {}
         report["rows"][name] = evaluate_embeddings(eval_set, note_emb, model.embed_text,
-                                                   rng=np.random.default_rng(seed))
+                                                   rng=np.random.default_rng(seed), raw=raw_results[name])
         report.setdefault("plain_language", {})[name] = plain_language_scores(
             plain, note_emb, eval_set.note_patch, len(eval_set.patch_ids), model.embed_text)
         if plot_out:
             curves[name] = curve_values(evaluate_embeddings(eval_set, note_emb, model.embed_text, ks=CURVE_KS))
+    names = list(raw_results)
+    if len(names) > 1:  # every later model against the first, paired
+        report["differences"] = {}
+        for other in names[1:]:
+            diffs: dict[str, dict] = {"text_to_patch": {}, "audio_to_text": {}}
+            for (direction, qt), first in raw_results[names[0]].items():
+                diffs[direction][qt] = paired_difference(first, raw_results[other][(direction, qt)],
+                                                         np.random.default_rng(seed))
+            report["differences"][f"{other} - {names[0]}"] = diffs
     report["rows"].update(baseline_rows(eval_set))
     if json_out:
         Path(json_out).write_text(json.dumps(report, indent=2) + "\n")
