@@ -84,6 +84,21 @@ def test_input_file_run_is_deterministic_and_steers_the_way_the_words_say(tmp_pa
     assert stats["update_latency_s"]["p50"] == pytest.approx(0.25, abs=256 / RATE + 1e-9)
 
 
+def test_fast_predict_updates_ten_times_a_second_the_way_the_words_say(tmp_path):
+    """--fast-predict: each update is one pass of the shipped model's steering predictor, so updates can come every
+    0.1 s; the EQ still moves the sound the way the word says."""
+    note = _tone(str(tmp_path / "note.wav"))
+    out, stats_file = tmp_path / "fast.wav", tmp_path / "fast.json"
+    assert main(["live", "--input-file", note, "--output-file", str(out), "--prompt", "bright", "--fast-predict",
+                 "--update-every", "0.1", "--stats", str(stats_file)]) == 0
+    stats = json.loads(stats_file.read_text())
+    x = read_audio(note)[0][0]
+    tail = slice(2 * RATE, None)
+    assert spectral_centroid_hz(read_audio(str(out))[0][0][tail], RATE) > spectral_centroid_hz(x[tail], RATE) * 1.05
+    seconds = len(x) / RATE
+    assert stats["updates"] >= 0.5 * (seconds - 1) / 0.1 and stats["xruns"] == 0
+
+
 def test_silence_holds_the_eq(tmp_path):
     from timbreclip.realtime.loop import run_offline
 

@@ -280,6 +280,8 @@ def _add_train_predictor(sub) -> None:
                    help="(note, words) examples for the objective stage, the fits among them (default 2400)")
     p.add_argument("--notes", type=_number("--notes", 1, 1_000_000, integer=True), default=600,
                    help="training notes to draw them on (default 600)")
+    p.add_argument("--epochs", type=_number("--epochs", 1, 10_000, integer=True), default=12,
+                   help="epochs of the objective stage (default 12)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_train_predictor)
 
@@ -287,7 +289,8 @@ def _add_train_predictor(sub) -> None:
 def _run_train_predictor(args) -> int:
     from timbreclip.training.predictor import run
 
-    report = run(args.model, args.data, fits=args.fits, draws=args.draws, notes=args.notes, seed=args.seed)
+    report = run(args.model, args.data, fits=args.fits, draws=args.draws, notes=args.notes, seed=args.seed,
+                 epochs=args.epochs)
     print(f"steering predictor saved to {report['saved']}: held-out objective {report['held_out_objective']}, "
           f"curve RMS {report['distill_rms_db']} dB after distillation ({report['fits']} fits, "
           f"{report['draws']} draws)")

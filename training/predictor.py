@@ -101,7 +101,8 @@ def make_draws(model, notes, draws: int, fits: int, seed: int, config: SteeringC
 
 
 def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_objective: int = 12,
-                    batch: int = 32, seed: int = 0, distill_weight: float = 0.02, log=print) -> tuple[SteeringPredictor, dict]:
+                    batch: int = 32, seed: int = 0, distill_weight: float = 0.02, lr: float = 1e-3,
+                    log=print) -> tuple[SteeringPredictor, dict]:
     torch.manual_seed(seed)
     fe_cfg = model.config.frontend
     config = SteeringConfig.offline()
@@ -162,7 +163,8 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
         with torch.no_grad():
             return float(torch.cat([objective(val_idx[s:s + 64])[0] for s in range(0, len(val_idx), 64)]).mean())
 
-    opt = torch.optim.AdamW(predictor.parameters(), lr=5e-4, weight_decay=1e-3)
+    opt = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=1e-3)
+    steps_total, step = epochs_objective * max(1, -(-len(train_idx) // batch)), 0
     best, best_state, history = held_out(), {k: v.clone() for k, v in predictor.state_dict().items()}, []
     log(f"objective stage: held-out objective {best:.4f} after distillation")
     for epoch in range(epochs_objective):
@@ -178,6 +180,9 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
                 distill = F.mse_loss(curve_db(eq, fe_cfg.sample_rate),
                                      torch.from_numpy(np.stack([draws[i].curve_db for i in labelled])).float()) / 36.0
                 total = total + distill_weight * distill
+            for g in opt.param_groups:  # cosine decay over the stage
+                g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps_total))
+            step += 1
             opt.zero_grad()
             total.backward()
             opt.step()
@@ -196,7 +201,7 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
 
 
 def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, notes: int = 600, seed: int = 0,
-        log=print) -> dict:
+        epochs: int = 12, log=print) -> dict:
     """``timbreclip train-predictor``: draws and fits, training, and the predictor saved beside the model."""
     from timbreclip.neural.model import TimbreCLIP
 
@@ -208,7 +213,7 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
     started = time.time()
     made = make_draws(model, picked, max(draws, fits), fits, seed, SteeringConfig.offline(), log)
     log(f"{len(made)} draws, {fits} of them fitted, in {time.time() - started:.0f} s")
-    predictor, report = train_predictor(model, made, seed=seed, log=log)
+    predictor, report = train_predictor(model, made, epochs_objective=epochs, seed=seed, log=log)
     path = predictor.save(model_dir)
     report.update({"notes": len(picked), "fit_seconds": round(time.time() - started, 1), "saved": str(path),
                    "vocabulary": list(VOCABULARY)})
