@@ -63,6 +63,13 @@ class Band:
         return f"{self.type:<10} {self.freq_hz:8.1f} Hz{gain} Q {self.q:.2f}"
 
 
+def check_amount(amount: float) -> float:
+    """``amount`` if it is in ``AMOUNT_RANGE``; one clear error otherwise."""
+    if not (math.isfinite(amount) and AMOUNT_RANGE[0] <= amount <= AMOUNT_RANGE[1]):
+        raise SettingsError(f"amount {amount:g}: must be {AMOUNT_RANGE[0]:g}..{AMOUNT_RANGE[1]:g}")
+    return float(amount)
+
+
 @dataclass
 class EQSettings:
     """A parametric EQ: physical bands designed at ``sample_rate``, then ``output_gain_db``.
@@ -104,8 +111,7 @@ class EQSettings:
     def scaled(self, amount: float) -> "EQSettings":
         """The same EQ with every peak and shelf gain (dB) and the output gain times ``amount`` (``AMOUNT_RANGE``):
         0 is flat, 1 the fit, 1.5 beyond it. The provenance says how much of the fit it holds (amounts multiply)."""
-        if not (math.isfinite(amount) and AMOUNT_RANGE[0] <= amount <= AMOUNT_RANGE[1]):
-            raise SettingsError(f"amount {amount:g}: must be {AMOUNT_RANGE[0]:g}..{AMOUNT_RANGE[1]:g}")
+        check_amount(amount)
         provenance = dict(self.provenance or {})
         provenance["amount"] = round(float(provenance.get("amount", 1.0)) * amount, 6)
         bands = [replace(b, gain_db=b.gain_db * amount) for b in self.bands]

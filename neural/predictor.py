@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -98,20 +99,28 @@ class SteeringPredictor(nn.Module):
         return predictor
 
 
+_LOADED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
+
+
 def find_predictor(model) -> SteeringPredictor | None:
-    """The predictor saved beside ``model`` (a TimbreCLIP loaded from a folder), or None."""
+    """The predictor saved beside ``model`` (a TimbreCLIP loaded from a folder), or None; read from disk once per
+    model (the live loop asks for it at every update)."""
+    if model in _LOADED:
+        return _LOADED[model]
     folder = getattr(model, "source_path", None)
-    if not folder or not (Path(folder) / PREDICTOR_FILE).is_file():
-        return None
-    return SteeringPredictor.load(folder, model).to(next(model.parameters()).device)
+    found = None
+    if folder and (Path(folder) / PREDICTOR_FILE).is_file():
+        found = SteeringPredictor.load(folder, model).to(next(model.parameters()).device)
+    _LOADED[model] = found
+    return found
 
 
 def steering_embeddings(model, windows: torch.Tensor, prompts: dict[str, float], source_weight: float):
     """``(z_source, target)`` of a fit: the windows' mean embedding and the normalised weighted target."""
+    from .steering import steering_target
+
     with torch.no_grad():
         device = next(model.audio.parameters()).device
         z_source = F.normalize(model.encode_waveforms(windows.to(device)).mean(0), dim=-1)
-        z_prompts = model.encode_text(list(prompts)).to(device)
-        weights = torch.tensor(list(prompts.values()), dtype=z_prompts.dtype, device=device)
-        target = F.normalize(source_weight * z_source + (weights[:, None] * z_prompts).sum(0), dim=-1)
+        target = steering_target(model, z_source, prompts, source_weight)
     return z_source, target

@@ -36,7 +36,7 @@ from timbreclip.dsp.descriptors import peak_dbfs
 from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.dsp.loudness import loudness_lufs, match_and_guard
 from timbreclip.dsp.parametric_eq import BandRanges, ParametricEQ
-from timbreclip.dsp.settings import EQSettings
+from timbreclip.dsp.settings import EQSettings, check_amount
 
 from .frontend import prepare_audio
 from .text import check_prompts
@@ -208,6 +208,13 @@ class Regulariser:
         return out
 
 
+def steering_target(model, z_source: torch.Tensor, prompts: dict[str, float], source_weight: float) -> torch.Tensor:
+    """The paper's target: normalise(a_src z_source + sum_i a_i z_prompt_i), on ``z_source``'s device."""
+    z_prompts = model.encode_text(list(prompts)).to(z_source.device)
+    weights = torch.tensor(list(prompts.values()), dtype=z_prompts.dtype, device=z_source.device)
+    return F.normalize(source_weight * z_source + (weights[:, None] * z_prompts).sum(0), dim=-1)
+
+
 def check_weights(prompts: dict[str, float], source_weight: float) -> None:
     check_prompts(list(prompts))
     if any(w < 0 for w in prompts.values()) or source_weight < 0:
@@ -236,9 +243,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     with torch.no_grad():
         power = fe.power(windows)
         z_source = F.normalize(encoder(fe.features_from_power(power)).mean(0), dim=-1)
-        z_prompts = model.encode_text(list(prompts)).to(device)
-        weights = torch.tensor(list(prompts.values()), dtype=z_prompts.dtype, device=device)
-        target = F.normalize(source_weight * z_source + (weights[:, None] * z_prompts).sum(0), dim=-1)
+        target = steering_target(model, z_source, prompts, source_weight)
     ranges = steering_ranges(config)
     eq = ParametricEQ(fe_cfg.sample_rate, ranges=ranges).to(device)
     regulariser = Regulariser(config, fe_cfg, device)
@@ -324,8 +329,7 @@ class TextEQ:
         from .model import resolve_device
 
         check_weights(prompts, source_weight)
-        EQSettings(16000.0, []).scaled(amount)  # the amount is checked now, not at the first fit
-        self.match_loudness, self.amount = match_loudness, float(amount)
+        self.match_loudness, self.amount = match_loudness, check_amount(amount)  # checked now, not at the first fit
         if device is not None:
             model = model.to(resolve_device(device))
         self.prompts = dict(prompts)
