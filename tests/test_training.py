@@ -247,7 +247,10 @@ def test_fine_tune_with_direction_loss_and_split_guard(tiny_set, tmp_path, capsy
     assert main(["train", "--config", str(tmp_path / "b.json"), "--data", str(tiny_set), "--out", str(tmp_path / "b"),
                  "--init", "model", str(tmp_path / "a" / "best")]) == 0
     log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
-    assert all(0.0 < r["direction_loss"] < 5.0 for r in log)
+    assert log[0]["epoch"] == -1 and "train_loss" not in log[0]  # the starting model's validation: the score to beat
+    assert [r["epoch"] for r in log[1:]] == [0, 1] and all(0.0 < r["direction_loss"] < 5.0 for r in log[1:])
+    best_epoch = max(log, key=lambda r: r["val_score"])["epoch"]  # first of equals wins, as in the trainer
+    assert TimbreCLIP.load(tmp_path / "b" / "best").config.provenance["training"]["epoch"] == best_epoch
     prov = TimbreCLIP.load(tmp_path / "b" / "best").config.provenance["training"]
     assert prov["config"]["name"] == "tiny-ft" and prov["init_model"]["training"]["config"]["name"] == "tiny"
     # another seed means another validation split: fine-tuning on it would train on validation notes
@@ -308,3 +311,44 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tiny_set, tmp_path):
     a, b = load_file(str(straight / "last" / "model.safetensors")), load_file(str(split / "last" / "model.safetensors"))
     assert a.keys() == b.keys()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_gm_share_batches_and_grouped_selection(tiny_set, tmp_path):
+    """batch_gm_share: every batch holds that share of soundfont (GM) notes, the rest synth notes; an epoch is one
+    pass over the GM notes; validation scores GM programs and synth patches apart and selects on their mean."""
+    from types import SimpleNamespace
+
+    from timbreclip.library.patchfolder import Note
+    from timbreclip.training.render import render_synths
+    from timbreclip.training.trainer import TrainConfig, _epoch_order, _gm_groups
+
+    notes = ([Note(tmp_path / f"g{k}.wav", f"f:0:{k}", "GM", "x", 60, "", "font", 0.0, {"program": str(k % 128)})
+              for k in range(300)]
+             + [Note(tmp_path / f"s{k}.wav", f"s:{k}", "S", "Synth", 60, "", "amsynth", 0.0, {}) for k in range(1000)])
+    cfg = TrainConfig(batch_size=40, batch_gm_share=0.25)
+    run = SimpleNamespace(cfg=cfg, notes=notes, train_base=list(range(len(notes))), steps_per_epoch=300 // 10)
+    order = _epoch_order(run, np.random.default_rng(0))
+    batches = order.reshape(run.steps_per_epoch, cfg.batch_size)
+    assert all(sum(b < 300) == 10 for b in batches)  # 10 of 40 GM notes in every batch
+    assert sorted(order[order < 300]) == list(range(300))  # each GM note once per epoch
+    assert len(set(order[order >= 300])) == len(order[order >= 300])  # synth notes without repeats
+    assert set(_gm_groups(notes)) == {"GM", "synth"}
+
+    synth = render_synths(["dx7"], tmp_path / "dx7", processes=1, limit_presets=12, progress=False).parent
+    base = {"name": "tiny", "model": "cpu", "width": 8, "epochs": 1, "batch_size": 32, "lr": 0.003,
+            "warmup_epochs": 0, "crop_frames": 96, "p_eq": 0.3, "patience": 10, "val_synth_share": 0.25}
+    (tmp_path / "a.json").write_text(json.dumps(base))
+    assert main(["train", "--config", str(tmp_path / "a.json"), "--data", str(tiny_set), "--out",
+                 str(tmp_path / "a")]) == 0
+    ft = {**base, "name": "tiny-mix", "init": "model", "batch_gm_share": 0.5, "texts_per_step": 3, "epochs": 2}
+    (tmp_path / "b.json").write_text(json.dumps(ft))
+    assert main(["train", "--config", str(tmp_path / "b.json"), "--data", str(tiny_set), str(synth),
+                 "--out", str(tmp_path / "b"), "--init", "model", str(tmp_path / "a" / "best")]) == 0
+    log = [json.loads(line) for line in (tmp_path / "b" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [-1, 0, 1]
+    for r in log:
+        assert set(r["val_groups"]) == {"GM", "synth"}
+        assert r["val_score"] == pytest.approx(np.mean(list(r["val_groups"].values())), abs=2e-3)
+    (tmp_path / "bad.json").write_text(json.dumps({**ft, "batch_gm_share": 1.0}))
+    assert main(["train", "--config", str(tmp_path / "bad.json"), "--data", str(tiny_set), str(synth),
+                 "--out", str(tmp_path / "c"), "--init", "model", str(tmp_path / "a" / "best")]) == 2

@@ -75,6 +75,9 @@ class TrainConfig:
     direction_weight: float = 0.0  # weight of the direction loss (module docstring); 0 = off
     direction_pairs: int = 32  # clips per batch that get the direction loss
     steps_per_epoch: int | None = None  # cap (quick runs and tests)
+    # share of every batch drawn from notes with a GM program (soundfonts) when the data also holds synth patches;
+    # None = one shuffled pool. An epoch is then one pass over the GM training notes at that share.
+    batch_gm_share: float | None = None
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -231,6 +234,7 @@ class _Run:
     note_set: object
     train_base: list[int]
     val_base: list[int]
+    val_groups: dict  # selection group ("GM", "synth") -> positions in val_base; one group = plain score
     model: TimbreCLIP
     trainable: ContrastiveModule
     wrapped: nn.Module
@@ -276,6 +280,34 @@ def _load_rng(run: _Run, last: Path, trainer_state: dict) -> None:
         run.rng.bit_generator.state = trainer_state["numpy_rng"]
 
 
+def _gm_groups(notes) -> dict[str, list[int]]:
+    """Positions of notes with a GM program ("GM") and without ("synth"); only the groups that occur."""
+    groups: dict[str, list[int]] = {}
+    for k, n in enumerate(notes):
+        groups.setdefault("GM" if n.extra.get("program") not in (None, "") else "synth", []).append(k)
+    return groups
+
+
+def _epoch_order(run: "_Run", rng: np.random.Generator) -> np.ndarray:
+    """Positions in train_base for one epoch: one shuffled pool, or batches with ``batch_gm_share`` GM notes
+    (the GM pool is passed once, synth notes are drawn from a fresh shuffle, wrapping round if the epoch needs more)."""
+    cfg = run.cfg
+    if cfg.batch_gm_share is None:
+        return rng.permutation(len(run.train_base))
+    pools = _gm_groups([run.notes[i] for i in run.train_base])
+    gm, synth = np.asarray(pools["GM"]), np.asarray(pools["synth"])
+    n_gm = max(1, int(round(cfg.batch_size * cfg.batch_gm_share)))
+    n_synth = cfg.batch_size - n_gm
+    gm_order = gm[rng.permutation(len(gm))]
+    synth_order = synth[rng.permutation(len(synth))]
+    batches = []
+    for b in range(run.steps_per_epoch):
+        g = gm_order[np.arange(b * n_gm, (b + 1) * n_gm) % len(gm_order)]
+        o = synth_order[np.arange(b * n_synth, (b + 1) * n_synth) % len(synth_order)]  # reshuffled every epoch
+        batches.append(np.concatenate([g, o]))
+    return np.concatenate(batches)
+
+
 def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, init_model, cache_dir,
             progress: bool, log, device: str | None = "auto") -> _Run:
     """Data, split, model (fresh, Wav2CLIP or a TimbreCLIP start), feature cache, optimiser; resumed state."""
@@ -293,6 +325,7 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
     train_set, val_set = set(train_idx), set(val_idx)
     train_base = [i for i in note_set.base if i in train_set]
     val_base = [i for i in note_set.base if i in val_set]
+    val_groups = _gm_groups([notes[i] for i in val_base])
 
     model_cfg = ModelConfig.preset(cfg.model)
     if cfg.width:
@@ -343,11 +376,21 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
         wrapped = nn.parallel.DistributedDataParallel(trainable, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    steps_per_epoch = max(1, len(train_base) // cfg.batch_size)
+    if cfg.batch_gm_share is not None:
+        if not 0.0 < cfg.batch_gm_share < 1.0:
+            raise TimbreclipError(f"config {cfg.name}: batch_gm_share must be between 0 and 1 (exclusive)")
+        pools = _gm_groups([notes[i] for i in train_base])
+        if len(pools) < 2:
+            raise TimbreclipError(f"config {cfg.name}: batch_gm_share needs both soundfont (GM) and synth notes "
+                                  "in the training data")
+        steps_per_epoch = max(1, int(len(pools["GM"]) / (cfg.batch_size * cfg.batch_gm_share)))
+    else:
+        steps_per_epoch = max(1, len(train_base) // cfg.batch_size)
     if cfg.steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, cfg.steps_per_epoch)
     data_label = "+".join(map(str, data_dir)) if isinstance(data_dir, (list, tuple)) else str(data_dir)
-    run = _Run(cfg, rank, world, out, data_label, notes, note_set, train_base, val_base, model, trainable, wrapped,
+    run = _Run(cfg, rank, world, out, data_label, notes, note_set, train_base, val_base, val_groups, model,
+               trainable, wrapped,
                opt, RandomEQ(fe_cfg), cache, rng, init_provenance, steps_per_epoch, steps_per_epoch * cfg.epochs,
                int(cfg.warmup_epochs * steps_per_epoch), dev)
     if resume:
@@ -373,10 +416,8 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
 
     cfg, rng, note_set, notes = run.cfg, run.rng, run.note_set, run.notes
     run.trainable.train()
-    if run.world == 1:
-        order = rng.permutation(len(run.train_base))
-    else:  # every rank the same order (each takes its share of every batch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(run.train_base))
+    # every rank the same order when distributed (each takes its share of every batch)
+    order = _epoch_order(run, rng if run.world == 1 else np.random.default_rng([cfg.seed, epoch]))
     losses, dlosses = [], []
     bar = tqdm(range(run.steps_per_epoch), desc=f"epoch {epoch}", leave=False,
                disable=not (progress and run.rank == 0))
@@ -433,8 +474,17 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
             "temperature": float(1.0 / run.trainable.logit_scale.detach().exp())}
 
 
-def _validate(run: _Run, val_set, val_features: torch.Tensor, val_words) -> tuple[float, dict, dict]:
-    """Validation retrieval: the selection score, the report, and the timbre-word accuracy."""
+def _selection_score(report: dict) -> float:
+    return float(np.mean([report[d][q][f"R@{k}"] for d in report for q in QUERY_TYPES for k in (1, 5, 10)]))
+
+
+def _validate(run: _Run, val_set, val_features: torch.Tensor, val_words,
+              group_sets: dict | None = None) -> tuple[float, dict, dict, dict]:
+    """Validation retrieval: the selection score, the report, the timbre-word accuracy and the per-group scores.
+
+    With soundfont and synth notes both in the validation split (``group_sets``: group -> (EvalSet, positions)),
+    the selection score is the mean of the two groups' scores, each group retrieving among its own patches, so the
+    many synth patches cannot outvote the GM programs (or the reverse)."""
     model = run.model
     model.eval()
     dev = run.device
@@ -446,8 +496,11 @@ def _validate(run: _Run, val_set, val_features: torch.Tensor, val_words) -> tupl
         return model.encode_text(ts).detach().float().cpu().numpy()
 
     report = evaluate_embeddings(val_set, val_emb, encode)
-    score = float(np.mean([report[d][q][f"R@{k}"] for d in report for q in QUERY_TYPES for k in (1, 5, 10)]))
-    return score, report, timbre_word_accuracy(val_emb, val_words, encode)
+    groups = {}
+    for name, (group_set, positions) in (group_sets or {}).items():
+        groups[name] = round(_selection_score(evaluate_embeddings(group_set, val_emb[positions], encode)), 3)
+    score = float(np.mean(list(groups.values()))) if groups else _selection_score(report)
+    return score, report, timbre_word_accuracy(val_emb, val_words, encode), groups
 
 
 def _checkpoint(run: _Run, epoch: int, score: float, improved: bool) -> None:
@@ -472,8 +525,32 @@ def train(cfg: TrainConfig, data_dir, out_dir: str | os.PathLike, resume: bool =
     val_set = load_eval_set(run.data_dir, [run.notes[i] for i in run.val_base])  # same order as val_base
     val_features = FrontEnd.standardise(torch.from_numpy(np.asarray(run.cache[run.val_base], dtype=np.float32)))
     val_words = [run.note_set.words[i] for i in run.val_base]
+    group_sets = {}
+    if len(run.val_groups) > 1:
+        group_sets = {name: (load_eval_set(run.data_dir, [run.notes[run.val_base[k]] for k in positions]),
+                             np.asarray(positions)) for name, positions in run.val_groups.items()}
     history = []
     started = time.time()
+
+    def report_line(epoch, score, v, groups, tail=""):
+        parts = "  ".join(f"{g} {x:5.2f}" for g, x in groups.items())
+        return (f"epoch {epoch:3d}  val score {score:6.2f}{'  (' + parts + ')' if parts else ''}  "
+                f"title T→P R@1 {v['text_to_patch']['title']['R@1']:5.1f}  "
+                f"cat T→P R@1 {v['text_to_patch']['category']['R@1']:5.1f}  "
+                f"A→T title R@1 {v['audio_to_text']['title']['R@1']:5.1f}  "
+                f"A→T cat R@1 {v['audio_to_text']['category']['R@1']:5.1f}{tail}")
+
+    if cfg.init == "model" and run.start_epoch == 0 and run.rank == 0:
+        # the starting model is the score to beat: best/ holds it until an epoch does better
+        score, v, words, groups = _validate(run, val_set, val_features, val_words, group_sets)
+        run.best_score, run.best_epoch = score, -1
+        run.model.save(run.out / "best", extra_provenance={"training": {
+            "config": asdict(cfg), "epoch": -1, "val_score": round(score, 3), "data": run.data_dir,
+            "note": "the starting model: no epoch beat it yet", **run.init_provenance}})
+        with open(run.out / "log.jsonl", "a") as f:
+            f.write(json.dumps({"epoch": -1, "val_score": round(score, 3), "val_groups": groups, "val": v,
+                                "val_timbre_words": words}) + "\n")
+        log(report_line(-1, score, v, groups, "  (the starting model)"))
     for epoch in range(run.start_epoch, cfg.epochs):
         record = _train_epoch(run, epoch, progress)
         record["elapsed_s"] = round(time.time() - started, 1)
@@ -481,20 +558,16 @@ def train(cfg: TrainConfig, data_dir, out_dir: str | os.PathLike, resume: bool =
         (run.out / "last").mkdir(parents=True, exist_ok=True)
         _save_rng(run, run.out / "last")  # every rank its own generators
         if run.rank == 0:
-            score, v, words = _validate(run, val_set, val_features, val_words)
-            record.update({"val_score": round(score, 3), "val": v, "val_timbre_words": words})
+            score, v, words, groups = _validate(run, val_set, val_features, val_words, group_sets)
+            record.update({"val_score": round(score, 3), "val_groups": groups, "val": v, "val_timbre_words": words})
             improved = score > run.best_score
             if improved:
                 run.best_score, run.best_epoch = score, epoch
             _checkpoint(run, epoch, score, improved)
             with open(run.out / "log.jsonl", "a") as f:
                 f.write(json.dumps(record) + "\n")
-            log(f"epoch {epoch:3d}  loss {record['train_loss']:.3f}  val score {score:6.2f}  "
-                f"title T→P R@1 {v['text_to_patch']['title']['R@1']:5.1f}  "
-                f"cat T→P R@1 {v['text_to_patch']['category']['R@1']:5.1f}  "
-                f"A→T title R@1 {v['audio_to_text']['title']['R@1']:5.1f}  "
-                f"A→T cat R@1 {v['audio_to_text']['category']['R@1']:5.1f}"
-                f"{'  *best*' if improved else ''}  ({record['elapsed_s']:.0f} s)")
+            log(report_line(epoch, score, v, groups, f"  loss {record['train_loss']:.3f}"
+                            f"{'  *best*' if improved else ''}  ({record['elapsed_s']:.0f} s)"))
             if epoch - run.best_epoch >= cfg.patience:
                 log(f"early stop: no improvement for {cfg.patience} epochs (best epoch {run.best_epoch})")
                 stop[0] = 1
