@@ -6,7 +6,10 @@ optimiser's own results over training notes and a vocabulary of steering words a
 objective itself; it knows one model's embedding space only, so it is saved beside that model
 (``steering_predictor.safetensors`` in the model folder) with the model's fingerprint, and refused with any other.
 
-- Input: ``[z_source, z_target, z_target - z_source]`` (3 x 384 for the shipped text space).
+- Input: ``[z_source, z_target, z_target - z_source]`` (3 x 384 for the shipped text space), and where the config
+  says so (``spectrum_bands`` > 0) the source's spectral profile: its mean power in log-spaced bands over
+  30 Hz-7.2 kHz, in dB relative to its own mean (level-free), scaled by 1/20. The embedding says what the sound is;
+  the profile says where its energy is, which is what an EQ acts on.
 - Output: the steering EQ's unconstrained parameters ``(bands, 3)`` (frequency, gain and Q logits, the layout of
   ``ParametricEQ.from_raw``) as offsets from a flat EQ with the default band layout: a zero output is flat.
 - Used alone (``eq --fast-predict``, the live loop's ``--fast-predict`` updates) or as the optimiser's starting point
@@ -21,6 +24,7 @@ import weakref
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -39,13 +43,14 @@ class PredictorConfig:
     max_gain_db: float = 9.0  # the steering ranges it predicts in (the musical defaults)
     q_range: tuple[float, float] = (0.3, 2.0)
     model_fingerprint: str = ""  # the TimbreCLIP model whose space it learnt
+    spectrum_bands: int = 0  # the source's spectral profile as input (0: embeddings only, the first predictor)
 
 
 class SteeringPredictor(nn.Module):
     def __init__(self, config: PredictorConfig = PredictorConfig()) -> None:
         super().__init__()
         self.config = config
-        self.net = nn.Sequential(nn.Linear(3 * config.dim, config.hidden), nn.GELU(),
+        self.net = nn.Sequential(nn.Linear(3 * config.dim + config.spectrum_bands, config.hidden), nn.GELU(),
                                  nn.Linear(config.hidden, config.hidden), nn.GELU(),
                                  nn.Linear(config.hidden, 3 * config.bands))
         nn.init.zeros_(self.net[-1].weight)  # starts flat
@@ -56,14 +61,30 @@ class SteeringPredictor(nn.Module):
     def ranges(self) -> BandRanges:
         return BandRanges(gain_db=(-self.config.max_gain_db, self.config.max_gain_db), q=tuple(self.config.q_range))
 
-    def forward(self, z_source: torch.Tensor, z_target: torch.Tensor) -> torch.Tensor:
-        """``(B, dim)`` x 2 -> raw EQ parameters ``(B, bands, 3)``."""
-        x = torch.cat([z_source, z_target, z_target - z_source], dim=-1)
+    def forward(self, z_source: torch.Tensor, z_target: torch.Tensor,
+                spectrum: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, dim)`` x 2 (and ``(B, spectrum_bands)``, see ``spectrum_profile``) -> raw EQ parameters
+        ``(B, bands, 3)``."""
+        parts = [z_source, z_target, z_target - z_source]
+        if self.config.spectrum_bands:
+            if spectrum is None or spectrum.shape[-1] != self.config.spectrum_bands:
+                raise TimbreclipError(f"this steering predictor needs the source's spectral profile "
+                                      f"({self.config.spectrum_bands} bands)")
+            parts.append(spectrum.to(z_source.dtype))
+        x = torch.cat(parts, dim=-1)
         return self.flat_raw + self.net(x).reshape(-1, self.config.bands, 3)
 
-    def eq(self, z_source: torch.Tensor, z_target: torch.Tensor, sample_rate: float) -> ParametricEQ:
+    def eq(self, z_source: torch.Tensor, z_target: torch.Tensor, sample_rate: float,
+           spectrum: torch.Tensor | None = None) -> ParametricEQ:
         """The predicted EQs as one batched ``ParametricEQ`` (differentiable in the network's weights)."""
-        return ParametricEQ.from_raw(sample_rate, self(z_source, z_target), DEFAULT_BAND_TYPES, self.ranges())
+        return ParametricEQ.from_raw(sample_rate, self(z_source, z_target, spectrum), DEFAULT_BAND_TYPES,
+                                     self.ranges())
+
+    def profile(self, power: torch.Tensor, sample_rate: float, n_fft: int) -> torch.Tensor | None:
+        """The spectral profile this predictor takes, from a power spectrogram, or None if it takes none."""
+        if not self.config.spectrum_bands:
+            return None
+        return spectrum_profile(power, sample_rate, n_fft, self.config.spectrum_bands)
 
     # -- files --------------------------------------------------------------------------------------------------
     def save(self, model_dir: str | os.PathLike) -> Path:
@@ -99,6 +120,33 @@ class SteeringPredictor(nn.Module):
         return predictor
 
 
+PROFILE_LOW_HZ, PROFILE_HIGH_HZ = 30.0, 7200.0
+
+
+def _band_matrix(sample_rate: float, n_fft: int, bands: int, device, dtype) -> torch.Tensor:
+    """``(bands, n_fft // 2 + 1)``: averaging weights of the STFT bins in each log-spaced band (a band narrower
+    than a bin takes the nearest bin)."""
+    freqs = np.arange(n_fft // 2 + 1) * sample_rate / n_fft
+    edges = np.geomspace(PROFILE_LOW_HZ, PROFILE_HIGH_HZ, bands + 1)
+    m = np.zeros((bands, len(freqs)))
+    for b in range(bands):
+        inside = (freqs >= edges[b]) & (freqs < edges[b + 1])
+        if not inside.any():
+            inside = np.abs(freqs - np.sqrt(edges[b] * edges[b + 1])) == np.abs(
+                freqs - np.sqrt(edges[b] * edges[b + 1])).min()
+        m[b, inside] = 1.0 / inside.sum()
+    return torch.as_tensor(m, device=device, dtype=dtype)
+
+
+def spectrum_profile(power: torch.Tensor, sample_rate: float, n_fft: int, bands: int) -> torch.Tensor:
+    """Power spectrogram ``(..., bins, frames)`` -> ``(..., bands)``: mean power per log-spaced band over
+    30 Hz-7.2 kHz, in dB relative to the profile's own mean, divided by 20 (a level change does not move it)."""
+    band_power = torch.einsum("kb,...bt->...k", _band_matrix(sample_rate, n_fft, bands, power.device, power.dtype),
+                              power) / power.shape[-1]
+    db = 10.0 * torch.log10(band_power + 1e-10)
+    return (db - db.mean(-1, keepdim=True)) / 20.0
+
+
 _LOADED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -124,3 +172,13 @@ def steering_embeddings(model, windows: torch.Tensor, prompts: dict[str, float],
         z_source = F.normalize(model.encode_waveforms(windows.to(device)).mean(0), dim=-1)
         target = steering_target(model, z_source, prompts, source_weight)
     return z_source, target
+
+
+def window_profile(model, predictor: SteeringPredictor, windows: torch.Tensor) -> torch.Tensor | None:
+    """The spectral profile of a fit's windows (their mean power) for ``predictor``, or None if it takes none."""
+    if not predictor.config.spectrum_bands:
+        return None
+    fe = model.config.frontend
+    with torch.no_grad():
+        power = model.frontend.power(windows.to(predictor.flat_raw.device).float()).mean(0)
+    return predictor.profile(power, fe.sample_rate, fe.n_fft)

@@ -106,8 +106,10 @@ def _broad_eq(eq: ParametricEQ) -> ParametricEQ:
     return batch
 
 
-def _predicted(model, predictor, z_source, target, sample_rate: float, ranges: BandRanges) -> ParametricEQ:
-    """The predictor's EQ for this fit as a plain (trainable) ``ParametricEQ``."""
+def _predicted(model, predictor, z_source, target, sample_rate: float, ranges: BandRanges,
+               power: torch.Tensor) -> ParametricEQ:
+    """The predictor's EQ for this fit (``power``: the windows' power spectrograms) as a plain (trainable)
+    ``ParametricEQ``."""
     from .predictor import find_predictor
 
     predictor = predictor if predictor is not None else find_predictor(model)
@@ -115,7 +117,8 @@ def _predicted(model, predictor, z_source, target, sample_rate: float, ranges: B
         raise TimbreclipError("init 'predict': this model has no steering predictor beside it "
                               "(train one with `timbreclip train-predictor`)")
     with torch.no_grad():
-        raw = predictor(z_source[None], target[None])[0]
+        profile = predictor.profile(power.mean(0), model.config.frontend.sample_rate, model.config.frontend.n_fft)
+        raw = predictor(z_source[None], target[None], None if profile is None else profile[None])[0]
     eq = ParametricEQ(sample_rate, ranges=ranges).to(raw.device)
     with torch.no_grad():  # the predictor's own ranges may differ: go through physical values
         guess = ParametricEQ.from_raw(sample_rate, raw[None], eq.band_types, predictor.ranges())
@@ -260,14 +263,14 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     with torch.no_grad():
         obj0, dist0 = (float(v[0]) for v in objective(eq))  # flat: every mode's improvement is measured from here
     if config.init == "predict" and config.steps == 0:  # the prediction alone: one forward pass
-        eq = _predicted(model, predictor, z_source, target, fe_cfg.sample_rate, ranges)
+        eq = _predicted(model, predictor, z_source, target, fe_cfg.sample_rate, ranges, power)
     elif start is not None and tuple(b.type for b in start.bands) == eq.band_types:
         eq = ParametricEQ.from_settings(start, fe_cfg.sample_rate, ranges).to(device)
     elif config.init in ("broad", "predict"):
         with torch.no_grad():
             moves = _broad_eq(eq).to(device)
             if config.init == "predict":
-                guess = _predicted(model, predictor, z_source, target, fe_cfg.sample_rate, ranges)
+                guess = _predicted(model, predictor, z_source, target, fe_cfg.sample_rate, ranges, power)
                 moves = _stack(moves, guess)
             scores = torch.cat([objective(moves.select([i]))[0] for i in range(len(moves.gain_db))]) \
                 if len(power) > 1 else objective(moves)[0]

@@ -79,3 +79,35 @@ def test_eq_fast_predict_cli(setup, tmp_path, capsys):
     assert main(["eq", str(data / "n0.wav"), "-o", str(tmp_path / "y.wav"), "--prompt", "warm", "--fast-predict",
                  "--model", str(bare)]) == 2
     assert "no steering predictor" in capsys.readouterr().err and not (tmp_path / "y.wav").exists()
+
+
+def test_spectral_profile_is_level_free_and_follows_the_spectrum(setup):
+    from timbreclip.neural.predictor import spectrum_profile
+
+    model_dir, _, report = setup
+    model = TimbreCLIP.load(model_dir)
+    fe, cfg = model.frontend, model.config.frontend
+
+    def profile(x):
+        return spectrum_profile(fe.power(torch.from_numpy(x)[None]), cfg.sample_rate, cfg.n_fft, 32)[0]
+
+    dull, bright = _tone(220, bright=0.0), _tone(220, bright=1.0)
+    np.testing.assert_allclose(profile(dull), profile(0.1 * dull), atol=1e-4)  # -20 dB: the same profile
+    assert float(profile(bright)[-8:].mean() - profile(dull)[-8:].mean()) > 0.2  # > 4 dB more on top
+    assert report["spectrum_bands"] == 32
+    predictor = find_predictor(model)
+    assert predictor.config.spectrum_bands == 32
+    z = torch.zeros(1, model.dim)
+    with pytest.raises(TimbreclipError, match="spectral profile"):
+        predictor(z, z)
+    a, b = (predictor(z, z, profile(x)[None].float()) for x in (dull, bright))
+    assert not torch.allclose(a, b)  # the profile reaches the output
+
+
+def test_the_shipped_predictor_loads_and_answers_in_its_ranges():
+    from timbreclip.defaults import SHIPPED_MODEL_DIR
+
+    model = TimbreCLIP.load(SHIPPED_MODEL_DIR)
+    windows = torch.from_numpy(prepare_audio(_tone(220), 16000, model.config.frontend))
+    result = steer(model, windows, {"warm": 1.0}, 0.5, SteeringConfig.offline(init="predict", steps=0))
+    assert result.steps == 0 and float(result.eq.gain_db.detach().abs().max()) <= 9.0 + 1e-4

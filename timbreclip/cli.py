@@ -269,7 +269,7 @@ def _run_train(args) -> int:
 def _add_train_predictor(sub) -> None:
     p = sub.add_parser("train-predictor", help="train the one-pass steering predictor for a model",
                        description="Distil the steering optimiser into a small network (source and target "
-                                   "embeddings -> EQ) on the model's training notes, then tune it on the steering "
+                                   "embeddings and the source's spectral profile -> EQ) on the model's training notes, then tune it on the steering "
                                    "objective; saved beside the model (steering_predictor.safetensors).")
     p.add_argument("--model", required=True, help="model directory (the predictor is saved into it)")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR",
@@ -282,6 +282,9 @@ def _add_train_predictor(sub) -> None:
                    help="training notes to draw them on (default 600)")
     p.add_argument("--epochs", type=_number("--epochs", 1, 10_000, integer=True), default=12,
                    help="epochs of the objective stage (default 12)")
+    p.add_argument("--spectrum-bands", type=_number("--spectrum-bands", 0, 128, integer=True), default=32,
+                   help="bands of the source's spectral profile the predictor also takes (default 32; 0: the "
+                        "embeddings only)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_train_predictor)
 
@@ -290,7 +293,7 @@ def _run_train_predictor(args) -> int:
     from timbreclip.training.predictor import run
 
     report = run(args.model, args.data, fits=args.fits, draws=args.draws, notes=args.notes, seed=args.seed,
-                 epochs=args.epochs)
+                 epochs=args.epochs, spectrum_bands=args.spectrum_bands)
     print(f"steering predictor saved to {report['saved']}: held-out objective {report['held_out_objective']}, "
           f"curve RMS {report['distill_rms_db']} dB after distillation ({report['fits']} fits, "
           f"{report['draws']} draws)")

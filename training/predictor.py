@@ -12,7 +12,8 @@ steering objective itself (``timbreclip train-predictor``).
    plus the gain and shape penalties) on the predicted EQs, batched, with the distillation loss kept at a small
    weight so the predictor stays near EQs the optimiser would choose.
 
-A fifth of the draws is held out; the epoch with the best held-out objective is kept.
+A fifth of the draws is held out; the epoch with the best held-out objective is kept. The predictor also takes the
+source's spectral profile (``spectrum_bands``, 32 by default; 0 trains the embeddings-only predictor).
 """
 
 from __future__ import annotations
@@ -29,7 +30,7 @@ import torch.nn.functional as F
 from timbreclip.dsp.audio_io import read_audio
 from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.neural.frontend import prepare_audio
-from timbreclip.neural.predictor import PredictorConfig, SteeringPredictor, steering_embeddings
+from timbreclip.neural.predictor import PredictorConfig, SteeringPredictor, spectrum_profile, steering_embeddings
 from timbreclip.neural.steering import CURVE_HIGH_HZ, CURVE_LOW_HZ, Regulariser, SteeringConfig, steer
 
 from .data import read_any, split_validation
@@ -102,13 +103,24 @@ def make_draws(model, notes, draws: int, fits: int, seed: int, config: SteeringC
 
 def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_objective: int = 12,
                     batch: int = 32, seed: int = 0, distill_weight: float = 0.02, lr: float = 1e-3,
-                    log=print) -> tuple[SteeringPredictor, dict]:
+                    spectrum_bands: int = 32, hidden: int = 256, log=print) -> tuple[SteeringPredictor, dict]:
     torch.manual_seed(seed)
     fe_cfg = model.config.frontend
     config = SteeringConfig.offline()
-    predictor = SteeringPredictor(PredictorConfig(dim=model.dim, max_gain_db=config.max_gain_db,
+    predictor = SteeringPredictor(PredictorConfig(dim=model.dim, hidden=hidden, max_gain_db=config.max_gain_db,
                                                   q_range=tuple(config.q_range),
-                                                  model_fingerprint=model.fingerprint()))
+                                                  model_fingerprint=model.fingerprint(),
+                                                  spectrum_bands=spectrum_bands))
+    fe = model.frontend
+    with torch.no_grad():
+        powers = fe.power(torch.from_numpy(np.stack([f.window for f in draws])))
+        profiles = (spectrum_profile(powers, fe_cfg.sample_rate, fe_cfg.n_fft, spectrum_bands).float()
+                    if spectrum_bands else None)
+
+    def predicted_eq(idx):
+        spectrum = profiles[torch.as_tensor(idx)] if profiles is not None else None
+        return predictor.eq(torch.from_numpy(np.stack([draws[i].z_source for i in idx])),
+                            torch.from_numpy(np.stack([draws[i].target for i in idx])), fe_cfg.sample_rate, spectrum)
     rng = np.random.default_rng(seed)
     order = rng.permutation(len(draws))
     held = set(order[: max(1, len(draws) // 5)].tolist())
@@ -117,42 +129,34 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
     fitted_train = [i for i in train_idx if draws[i].curve_db is not None]
     fitted_val = [i for i in val_idx if draws[i].curve_db is not None] or fitted_train[:1]
 
-    def tensors(idx):
-        return (torch.from_numpy(np.stack([draws[i].z_source for i in idx])),
-                torch.from_numpy(np.stack([draws[i].target for i in idx])),
-                torch.from_numpy(np.stack([draws[i].curve_db for i in idx])).float())
+    def curves(idx):
+        return torch.from_numpy(np.stack([draws[i].curve_db for i in idx])).float()
 
-    zs, zt, curves = tensors(fitted_train)
-    vzs, vzt, vcurves = tensors(fitted_val)
+    train_curves, val_curves = curves(fitted_train), curves(fitted_val)
     opt = torch.optim.AdamW(predictor.parameters(), lr=2e-3, weight_decay=1e-3)
     # stage 2: distillation on curves (cheap: no encoder)
     for epoch in range(epochs_distill):
-        perm = torch.randperm(len(zs))
-        for start in range(0, len(zs), batch):
+        perm = torch.randperm(len(fitted_train))
+        for start in range(0, len(perm), batch):
             b = perm[start:start + batch]
-            loss = F.mse_loss(curve_db(predictor.eq(zs[b], zt[b], fe_cfg.sample_rate), fe_cfg.sample_rate),
-                              curves[b]) / 36.0
+            loss = F.mse_loss(curve_db(predicted_eq([fitted_train[j] for j in b]), fe_cfg.sample_rate),
+                              train_curves[b]) / 36.0
             opt.zero_grad()
             loss.backward()
             opt.step()
     with torch.no_grad():
-        distill_val = float(F.mse_loss(curve_db(predictor.eq(vzs, vzt, fe_cfg.sample_rate), fe_cfg.sample_rate),
-                                       vcurves)) ** 0.5
+        distill_val = float(F.mse_loss(curve_db(predicted_eq(fitted_val), fe_cfg.sample_rate), val_curves)) ** 0.5
     log(f"distillation: held-out curve RMS error {distill_val:.2f} dB")
 
     # stage 3: the steering objective itself, through the frozen model
     encoder = model.audio.fused_for_inference()
     for p in encoder.parameters():
         p.requires_grad_(False)
-    fe = model.frontend
     regulariser = Regulariser(config, fe_cfg, torch.device("cpu"))
-    with torch.no_grad():
-        powers = fe.power(torch.from_numpy(np.stack([f.window for f in draws])))
 
     def objective(idx) -> tuple[torch.Tensor, torch.Tensor]:
         idx_t = torch.as_tensor(idx)
-        eq = predictor.eq(torch.from_numpy(np.stack([draws[i].z_source for i in idx])),
-                          torch.from_numpy(np.stack([draws[i].target for i in idx])), fe_cfg.sample_rate)
+        eq = predicted_eq(idx)
         gains = eq.gain_on_grid(fe_cfg.n_fft)
         z = F.normalize(encoder(fe.features_from_power(powers[idx_t] * gains[:, :, None])), dim=-1)
         targets = torch.from_numpy(np.stack([draws[i].target for i in idx]))
@@ -175,8 +179,7 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
             labelled = [i for i in b if draws[i].curve_db is not None]
             total = loss.mean()
             if labelled:  # stay near EQs the optimiser would choose
-                eq = predictor.eq(torch.from_numpy(np.stack([draws[i].z_source for i in labelled])),
-                                  torch.from_numpy(np.stack([draws[i].target for i in labelled])), fe_cfg.sample_rate)
+                eq = predicted_eq(labelled)
                 distill = F.mse_loss(curve_db(eq, fe_cfg.sample_rate),
                                      torch.from_numpy(np.stack([draws[i].curve_db for i in labelled])).float()) / 36.0
                 total = total + distill_weight * distill
@@ -194,14 +197,15 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
     predictor.load_state_dict(best_state)
     predictor.eval()
     return predictor, {"draws": len(draws), "fits": len(fitted_train) + len(fitted_val),
-                       "held_out_draws": len(val_idx), "distill_rms_db": round(distill_val, 3),
+                       "held_out_draws": len(val_idx), "spectrum_bands": spectrum_bands, "hidden": hidden,
+                       "distill_rms_db": round(distill_val, 3),
                        "held_out_objective": round(best, 5), "objective_history": history,
                        "optimiser_mean_improvement": round(float(np.mean([f.improvement for f in draws
                                                                           if f.improvement is not None])), 5)}
 
 
 def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, notes: int = 600, seed: int = 0,
-        epochs: int = 12, log=print) -> dict:
+        epochs: int = 12, spectrum_bands: int = 32, log=print) -> dict:
     """``timbreclip train-predictor``: draws and fits, training, and the predictor saved beside the model."""
     from timbreclip.neural.model import TimbreCLIP
 
@@ -213,7 +217,8 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
     started = time.time()
     made = make_draws(model, picked, max(draws, fits), fits, seed, SteeringConfig.offline(), log)
     log(f"{len(made)} draws, {fits} of them fitted, in {time.time() - started:.0f} s")
-    predictor, report = train_predictor(model, made, epochs_objective=epochs, seed=seed, log=log)
+    predictor, report = train_predictor(model, made, epochs_objective=epochs, seed=seed,
+                                        spectrum_bands=spectrum_bands, log=log)
     path = predictor.save(model_dir)
     report.update({"notes": len(picked), "fit_seconds": round(time.time() - started, 1), "saved": str(path),
                    "vocabulary": list(VOCABULARY)})
