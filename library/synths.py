@@ -9,13 +9,17 @@ voice banks. What they share with soundfonts: 3 s held + 1 s release, velocity 6
   amsynth oscillator range). Where the note has no clear pitch the key is kept.
 - amsynth presets are deduplicated by parameter set (3,482 presets, 3,303 distinct): a preset is its sound.
 - Sources: ``amsynth`` (Debian ``amsynth``: every ``/usr/share/amsynth/banks/*.bank``), ``dx7`` (Debian ``hexter``:
-  ``/usr/share/hexter/*.dx7``), ``whysynth`` (Debian ``whysynth``: its default patch bank, with its category field).
+  ``/usr/share/hexter/*.dx7``), ``whysynth`` (Debian ``whysynth``: its default patch bank, with its category field),
+  ``calf`` (Debian ``calf-plugins``: the Monosynth and Organ factory presets, through the LV2 host in
+  ``library/lv2.py``; presets named after another synth, such as "Zyn Brass", are left out: their name describes a
+  different instrument's sound).
 """
 
 from __future__ import annotations
 
 import hashlib
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import unquote
@@ -33,19 +37,23 @@ AMSYNTH_BANKS = "/usr/share/amsynth/banks"
 WHYSYNTH_PLUGIN = "/usr/lib/dssi/whysynth.so"
 WHYSYNTH_PATCHES = "/usr/share/whysynth/current_default_patches.WhySynth"
 HEXTER_VOICES = "/usr/share/hexter"
-SYNTH_SOURCES = ("amsynth", "dx7", "whysynth")
+CALF_BUNDLE = "/usr/lib/lv2/calf.lv2"
+CALF_PLUGINS = ("Monosynth", "Organ")  # the instruments with factory presets (Wavetable crashes on a 2nd instance)
+OTHER_SYNTH_WORDS = re.compile(r"zyn|dx ?7|moog|juno|jupiter|prophet|oberheim|korg|roland|yamaha|nord|tb-?303|"
+                               r"amsynth|whysynth|hexter|dexed", re.I)
+SYNTH_SOURCES = ("amsynth", "dx7", "whysynth", "calf")
 WHYSYNTH_WARM_UP_S = 1.5  # PADsynth tables are built by a background thread after a program change
 DX7_PEAK_GUARD = 8.0  # the engine's peaks reach ~4; anything far beyond is a broken voice
 
 
 @dataclass(frozen=True)
 class SynthPreset:
-    source: str  # "amsynth" | "dx7" | "whysynth"
+    source: str  # "amsynth" | "dx7" | "whysynth" | "calf"
     bank: str  # bank file (stem) it came from
     index: int  # position in the bank (WhySynth: the program number)
     name: str
     category: str = ""  # only WhySynth names one
-    params: tuple = field(default=(), compare=False, hash=False)  # amsynth: (name, value) pairs; dx7: packed bytes
+    params: tuple = field(default=(), compare=False, hash=False)  # amsynth, calf: (name, value); dx7: packed bytes
 
     @property
     def patch_id(self) -> str:
@@ -118,6 +126,26 @@ def whysynth_presets(path: str = WHYSYNTH_PATCHES) -> list[SynthPreset]:
     return out
 
 
+def calf_plugin_uri(name: str) -> str:
+    return f"http://calf.sourceforge.net/plugins/{name}"
+
+
+def calf_presets(bundle: str = CALF_BUNDLE) -> list[SynthPreset]:
+    """Calf Monosynth and Organ factory presets (bank = the plugin), minus those named after another synth."""
+    from .lv2 import read_presets
+
+    out = []
+    for plugin in CALF_PLUGINS:
+        path = Path(bundle) / f"presets-{plugin}.ttl"
+        if not path.is_file():
+            raise TimbreclipError(f"{path}: no Calf presets (install Debian's calf-plugins)")
+        for k, (label, values) in enumerate(read_presets(path.read_text(errors="replace"), calf_plugin_uri(plugin))):
+            if OTHER_SYNTH_WORDS.search(label):
+                continue
+            out.append(SynthPreset("calf", plugin, k, label, "", tuple(sorted(values.items()))))
+    return out
+
+
 def list_synth_presets(source: str) -> list[SynthPreset]:
     if source == "amsynth":
         return amsynth_presets()
@@ -125,6 +153,8 @@ def list_synth_presets(source: str) -> list[SynthPreset]:
         return dx7_presets()
     if source == "whysynth":
         return whysynth_presets()
+    if source == "calf":
+        return calf_presets()
     raise TimbreclipError(f"{source}: unknown synth (known: {', '.join(SYNTH_SOURCES)})")
 
 
@@ -138,6 +168,14 @@ def _plugin(path: str):
     if path not in _PLUGINS:
         _PLUGINS[path] = DSSIPlugin(path)
     return _PLUGINS[path]
+
+
+def _lv2_plugin(name: str):
+    from .lv2 import LV2Plugin
+
+    if name not in _PLUGINS:
+        _PLUGINS[name] = LV2Plugin(CALF_BUNDLE, calf_plugin_uri(name), f"{name}.ttl")
+    return _PLUGINS[name]
 
 
 def _to_16k(x: np.ndarray) -> np.ndarray:
@@ -164,9 +202,10 @@ def render_synth_notes(preset: SynthPreset, pitches, sample_rate: int = 16000) -
                 continue
             out.append((int(key), _to_16k(audio)))
         return out
-    if preset.source == "amsynth":
+    if preset.source in ("amsynth", "calf"):
+        plugin = _plugin(AMSYNTH_PLUGIN) if preset.source == "amsynth" else _lv2_plugin(preset.bank)
         for key in pitches:  # a fresh instance per note (2-3 ms): no tail or reverb rings into the next key
-            with _plugin(AMSYNTH_PLUGIN).instance(RENDER_RATE) as inst:
+            with plugin.instance(RENDER_RATE) as inst:
                 inst.set_many(dict(preset.params))
                 audio = inst.note(int(key), VELOCITY, HELD_S, total).mean(axis=0)
             out.append((int(key), _to_16k(audio)))

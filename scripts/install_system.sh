@@ -7,7 +7,7 @@ PACKAGES=(
   fluid-soundfont-gm fluid-soundfont-gs fluidr3mono-gm-soundfont musescore-general-soundfont opl3-soundfont
   timgm6mb-soundfont csound-soundfont   # the held-out Tim family (test set)
   jackd2 jack-tools libportaudio2        # real audio / MIDI ports without hardware (live loop tests)
-  amsynth whysynth hexter                # real synthesizers with named presets (DSSI plugins; DX7 voice banks)
+  amsynth whysynth hexter calf-plugins   # real synthesizers with named presets (DSSI and LV2 plugins; DX7 voice banks)
   libsndfile1
 )
 missing=()

@@ -1,5 +1,5 @@
-"""Real synthesizers as data sources: the DSSI host (amsynth, WhySynth) and DX7 voices through Dexed, a few presets
-each; the synth render job; the split and the texts that go with synth names."""
+"""Real synthesizers as data sources: the DSSI host (amsynth, WhySynth), the LV2 host (Calf) and DX7 voices through
+Dexed, a few presets each; the synth render job; the split and the texts that go with synth names."""
 
 import csv
 
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from timbreclip.dsp.descriptors import estimate_pitch_midi
-from timbreclip.library.synths import (amsynth_presets, dx7_presets, measured_pitch, render_synth_notes,
-                                       whysynth_presets)
+from timbreclip.library.synths import (amsynth_presets, calf_presets, dx7_presets, measured_pitch,
+                                       render_synth_notes, whysynth_presets)
 
 
 def test_preset_lists_are_read_from_the_installed_banks():
@@ -17,12 +17,39 @@ def test_preset_lists_are_read_from_the_installed_banks():
     assert "Rockin' Piano" in {p.name for p in am}
     assert len(dx) == 432 and "BRASS 1" in {p.name for p in dx}
     assert len(why) == 397 and why[1].name == "FM E.Piano 3" and why[1].category == "Piano"
+    calf = calf_presets()
+    names = {p.name for p in calf}
+    assert len(calf) == 49 and {"Synth Brass", "Fat Bass", "Subtle EP"} <= names
+    assert "Zyn Brass" not in names  # named after another synth: left out
+    assert {p.bank for p in calf} == {"Monosynth", "Organ"} and len({p.patch_id for p in calf}) == 49
 
 
-@pytest.mark.parametrize("source", ["amsynth", "dx7", "whysynth"])
+def test_lv2_host_reads_ports_and_sets_presets_by_symbol():
+    from timbreclip.library.lv2 import LV2Plugin
+    from timbreclip.library.synths import CALF_BUNDLE, calf_plugin_uri
+
+    mono = LV2Plugin(CALF_BUNDLE, calf_plugin_uri("Monosynth"), "Monosynth.ttl")
+    assert [p.index for p in mono.ports] == list(range(56))
+    assert mono.audio_outs == [0, 1] and mono.ports[mono.midi_in].symbol == "midi_in"
+    brass = next(p for p in calf_presets() if p.name == "Synth Brass")
+    with mono.instance(48000) as inst:
+        assert inst.set_many(dict(brass.params)) == len(brass.params)  # "Filter" matches the port "filter"
+        assert inst.values[mono.symbols["cutoff"]] == pytest.approx(661.957)
+    spectra = []
+    for cutoff in (300.0, 6000.0):  # the control reaches the sound: a brighter filter, more energy up high
+        with mono.instance(48000) as inst:
+            inst.set_many({**dict(brass.params), "cutoff": cutoff, "env2cutoff": 0.0})
+            audio = inst.note(48, 100, 1.0, 1.2).mean(axis=0)
+        power = np.abs(np.fft.rfft(audio[4800:48000])) ** 2
+        spectra.append(power[int(2000 * len(audio[4800:48000]) / 48000):].sum() / power.sum())
+    assert spectra[1] > 5 * spectra[0]
+
+
+@pytest.mark.parametrize("source", ["amsynth", "dx7", "whysynth", "calf"])
 def test_a_preset_sounds_at_the_key_or_an_octave_of_it(source):
-    presets = {"amsynth": amsynth_presets, "dx7": dx7_presets, "whysynth": whysynth_presets}[source]()
-    preset = next(p for p in presets if p.name in ("Rockin' Piano", "E.PIANO 1", "FM E.Piano 3"))
+    presets = {"amsynth": amsynth_presets, "dx7": dx7_presets, "whysynth": whysynth_presets,
+               "calf": calf_presets}[source]()
+    preset = next(p for p in presets if p.name in ("Rockin' Piano", "E.PIANO 1", "FM E.Piano 3", "Fat Bass"))
     notes = render_synth_notes(preset, [48, 60])
     assert [k for k, _ in notes] == [48, 60]
     for key, audio in notes:
@@ -56,6 +83,10 @@ def test_synth_render_job_writes_a_labelled_folder(tmp_path):
     dx = [r for r in rows if r["source"] == "dx7"]
     assert {r["title"] for r in dx} == {"BRASS 1", "BRASS 2"} and {r["category"] for r in dx} == {"Brass"}
     assert all((int(float(r["pitch"])) - int(r["key"])) % 12 == 0 for r in rows)
+    calf = list(csv.DictReader(open(render_synths(["calf"], tmp_path / "calf", processes=1, progress=False))))
+    by_title = {r["title"]: r["category"] for r in calf}
+    assert by_title["Synth Brass"] == "Brass" and by_title["Fat Bass"] == "Bass" and by_title["Subtle EP"] == "Piano"
+    assert by_title["Std Jimmy"] == "Organ" and by_title["Fat Belly"] == "Organ"  # the Organ's own; not "bells"
     again = render_synths(["dx7"], tmp_path / "dx", processes=1, limit_presets=1, progress=False)
     assert len(list(csv.DictReader(open(again)))) > 0
 

@@ -189,9 +189,10 @@ def _add_dataset(sub) -> None:
                                     "mono), or every preset of real synthesizers (11 notes, C2..C7), into a labelled "
                                     "patch folder with metadata.csv. Resumable.")
     r.add_argument("--soundfont", nargs="+", metavar="FILE", help=".sf2 / .sf3 files")
-    r.add_argument("--synth", nargs="+", metavar="NAME", choices=("amsynth", "dx7", "whysynth"),
+    r.add_argument("--synth", nargs="+", metavar="NAME", choices=("amsynth", "dx7", "whysynth", "calf"),
                    help="synthesizers: amsynth (its banks), dx7 (hexter's voices through Dexed), whysynth (its "
-                        "patches with a category: the held-out synth test set)")
+                        "patches with a category: the held-out synth test set), calf (Calf Monosynth and Organ "
+                        "presets, LV2)")
     r.add_argument("--out", required=True, help="output folder")
     r.add_argument("--pitch-variants", type=int, default=0,
                    help="extra pitch-shifted renders per note (augmentation; default 0)")

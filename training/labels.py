@@ -137,7 +137,7 @@ NAME_RULES = (
     (r"clav", "Piano", "Clavinet"),
     (r"harpsi", "Piano", "Harpsichord"),
     (r"piano|\bgrand\b|honky", "Piano", "Acoustic Grand Piano"),
-    (r"marimba|xylo|vibe|vibra|glock|celest|music ?box|kalimba|tub\.? ?bell|bell|chime|mallet", "Chromatic Percussion", "Bells"),
+    (r"marimba|xylo|vibe|vibra|glock|celest|music ?box|kalimba|tub\.? ?bell|bells?\b|chime|mallet", "Chromatic Percussion", "Bells"),
     (r"organ|hammond|church|pipe ?org|accord|harmonium|drawbar|b3\b", "Organ", "Organ"),
     (r"guit|gtr|strat|pluck|harp|koto|sitar|banjo|mandol|lute|shamisen", "Guitar", "Plucked String"),
     (r"bass", "Bass", "Synth Bass"),

@@ -121,7 +121,8 @@ def render_synth_preset(job: tuple) -> list[dict]:
         category, instrument = preset.category, ""
     else:
         category, instrument = name_family(preset.name)
-        category = category or "Synth"
+        # a Calf Organ preset is a drawbar organ unless its name says otherwise ("Subtle EP", "Edgy Bass")
+        category = category or ("Organ" if (preset.source, preset.bank) == ("calf", "Organ") else "Synth")
     rows = []
     for key, audio in render_synth_notes(preset, SYNTH_PITCHES):
         level = peak_dbfs(audio)
@@ -147,7 +148,7 @@ def render_synth_preset(job: tuple) -> list[dict]:
 
 def render_synths(sources: list[str], out_dir: str | os.PathLike, processes: int = 2,
                   limit_presets: int | None = None, progress: bool = True) -> Path:
-    """Render every preset of the synth ``sources`` (amsynth, dx7, whysynth) into ``out_dir``, with metadata.csv.
+    """Render every preset of the synth ``sources`` (amsynth, dx7, whysynth, calf) into ``out_dir``, with metadata.csv.
     WhySynth keeps only patches whose category names a kind of sound (its test-set role)."""
     from timbreclip.library.synths import list_synth_presets
 
