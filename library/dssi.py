@@ -30,6 +30,22 @@ HINT_LOGARITHMIC, HINT_INTEGER, HINT_DEFAULT_MASK = 0x10, 0x20, 0x3C0
 SND_SEQ_EVENT_NOTEON, SND_SEQ_EVENT_NOTEOFF, SND_SEQ_EVENT_CONTROLLER = 6, 7, 10
 
 
+
+def event_blocks(events, frames: int, block: int, limit: int | None = None):
+    """Split ``(frame, kind, note, velocity)`` events over blocks of at most ``block`` frames: yields ``(pos, n,
+    events)`` with each event's frame made relative to its block; at most ``limit`` per block (the rest move to the
+    start of the next). Shared by the DSSI and LV2 hosts."""
+    pending = sorted(events)
+    pos = 0
+    while pos < frames:
+        n = min(block, frames - pos)
+        now = []
+        while pending and pending[0][0] < pos + n and (limit is None or len(now) < limit):
+            frame, kind, note, velocity = pending.pop(0)
+            now.append((max(0, frame - pos), kind, note, velocity))
+        yield pos, n, now
+        pos += n
+
 class _RangeHint(C.Structure):
     _fields_ = [("hint", C.c_int), ("lower", C.c_float), ("upper", C.c_float)]
 
@@ -183,21 +199,13 @@ class DSSIInstance:
     def render(self, frames: int, events: list[tuple[int, int, int, int]] = ()) -> np.ndarray:
         """``(channels, frames)`` float32; ``events`` are ``(frame, type, note, velocity)`` with frame < frames."""
         out = np.zeros((len(self.plugin.audio_outs), frames), np.float32)
-        pending = sorted(events)
-        pos = 0
-        while pos < frames:
-            n = min(self.BLOCK, frames - pos)
-            count = 0
-            while pending and pending[0][0] < pos + n and count < len(self._events):
-                frame, kind, note, velocity = pending.pop(0)
-                ev = self._events[count]
+        for pos, n, now in event_blocks(events, frames, self.BLOCK, len(self._events)):
+            for ev, (tick, kind, note, velocity) in zip(self._events, now):
                 C.memset(C.byref(ev), 0, C.sizeof(ev))
-                ev.type, ev.tick = kind, max(0, frame - pos)
+                ev.type, ev.tick = kind, tick
                 ev.data.channel, ev.data.note, ev.data.velocity = 0, note, velocity
-                count += 1
-            self.plugin.dssi.run_synth(self.handle, n, self._events, count)
+            self.plugin.dssi.run_synth(self.handle, n, self._events, len(now))
             out[:, pos:pos + n] = self.outs[:, :n]
-            pos += n
         return out
 
     def note(self, pitch: int, velocity: int, held_s: float, total_s: float) -> np.ndarray:

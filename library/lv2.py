@@ -27,6 +27,8 @@ import numpy as np
 
 from timbreclip.dsp.errors import TimbreclipError
 
+from .dssi import event_blocks
+
 ATOM_SEQUENCE = "http://lv2plug.in/ns/ext/atom#Sequence"
 ATOM_CHUNK = "http://lv2plug.in/ns/ext/atom#Chunk"
 MIDI_EVENT = "http://lv2plug.in/ns/ext/midi#MidiEvent"
@@ -226,19 +228,11 @@ class LV2Instance:
     def render(self, frames: int, events: list[tuple[int, int, int, int]] = ()) -> np.ndarray:
         """``(outputs, frames)`` float32; ``events`` are ``(frame, status, note, velocity)`` with frame < frames."""
         out = np.zeros((len(self.plugin.audio_outs), frames), np.float32)
-        pending = sorted(events)
-        pos = 0
-        while pos < frames:
-            n = min(self.BLOCK, frames - pos)
-            now = []
-            while pending and pending[0][0] < pos + n:
-                frame, status, note, velocity = pending.pop(0)
-                now.append((max(0, frame - pos), status, note, velocity))
+        for pos, n, now in event_blocks(events, frames, self.BLOCK):
             self._write_events(now)
             C.memmove(self._atom_out, struct.pack("<II", self.ATOM_CAPACITY - 8, self._chunk), 8)
             self._d.run(self.handle, n)
             out[:, pos:pos + n] = self.outs[:, :n]
-            pos += n
         return out
 
     def note(self, pitch: int, velocity: int, held_s: float, total_s: float) -> np.ndarray:

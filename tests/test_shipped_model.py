@@ -18,8 +18,9 @@ def test_shipped_files_are_small_safetensors_with_provenance():
     assert not [n for n in files if n.endswith((".pt", ".pth", ".ckpt", ".pkl"))]
     config = json.loads((SHIPPED_MODEL_DIR / "config.json").read_text())
     training = config["provenance"]["training"]
-    assert training["config"]["name"] == "steer-finetune" and "val_score" in training
-    assert training["init_model"]["training"]["config"]["name"] == "scratch-cpu"  # the recipe's first stage
+    assert training["config"]["name"] == "v3-finetune" and "val_score" in training
+    assert training["init_model"]["training"]["config"]["name"] == "steer-finetune"  # the model it fine-tuned
+    assert training["init_model"]["training"]["init_model"]["training"]["config"]["name"] == "scratch-cpu"
 
 
 def test_default_model_is_used_without_model_flag(capsys):
