@@ -4,7 +4,10 @@ For every run: callback time p50/p99/max (us) and as a share of the block period
 and the JACK server's own log), steering update latency p50/p95, this process's CPU while the stream ran, and the
 CPU the hypervisor took from the machine meanwhile (a VM's real-time figures mean little when that is large).
 
-    python benchmarks/bench_live.py [--json] [--seconds 60] [--blocks 64 128 256] [--modes off process thread]
+The peer row ``server`` is the same JACK dummy server with no client at all, for the same time: the xruns the server
+reports with nothing to run are what the machine itself costs, the floor the loop's own count is read against.
+
+    python benchmarks/bench_live.py [--json] [--seconds 60] [--blocks 64 128 256] [--modes server off process thread]
         [--update-every 0.5]
 
 Goals (issue 12): at 128 frames with steering every 0.5 s, callback p99 under 10% of the block period and zero
@@ -18,6 +21,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 import numpy as np
 
@@ -25,7 +29,7 @@ from timbreclip.defaults import default_model_path
 from timbreclip.dsp.audio_io import write_audio
 from timbreclip.realtime.devices import refresh_audio
 from timbreclip.realtime.jackrig import JackServer
-from timbreclip.realtime.loop import LiveConfig
+from timbreclip.realtime.loop import LiveConfig, cpu_steal_ms
 from timbreclip.realtime.stream import run_live
 
 RATE = 48000
@@ -37,6 +41,17 @@ def test_signal(path: str) -> str:
     x = sum(np.sin(2 * np.pi * 220 * k * t) / k for k in range(1, 40)) * 0.15 * np.exp(-0.3 * t)
     write_audio(path, np.stack([x, x]).astype(np.float32), RATE)
     return path
+
+
+def run_server_alone(block: int, seconds: float) -> dict:
+    """The peer: the JACK dummy server at this block size with no client, for ``seconds``."""
+    with JackServer(rate=RATE, period=block) as server:
+        before, steal = server.xruns(), cpu_steal_ms()
+        time.sleep(seconds)
+        xruns, steal_end = server.xruns() - before, cpu_steal_ms()
+    return {"mode": "server", "seconds": seconds, "block_frames": block, "block_period_us": 1e6 * block / RATE,
+            "xruns": None, "server_xruns": xruns,
+            "cpu_steal_ms": None if steal is None or steal_end is None else steal_end - steal}
 
 
 def run_one(block: int, mode: str, seconds: float, update_every: float, source: str) -> dict:
@@ -61,7 +76,9 @@ def main() -> None:
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--blocks", type=int, nargs="+", default=[64, 128, 256])
-    parser.add_argument("--modes", nargs="+", default=["off", "process"], choices=("off", "process", "thread"))
+    parser.add_argument("--modes", nargs="+", default=["server", "off", "process"],
+                        choices=("server", "off", "process", "thread"),
+                        help="server: the JACK server alone, no client (the peer); off: the loop without steering")
     parser.add_argument("--update-every", type=float, default=0.5)
     args = parser.parse_args()
     rows = []
@@ -69,7 +86,8 @@ def main() -> None:
         source = test_signal(os.path.join(tmp, "tone.wav"))
         for block in args.blocks:
             for mode in args.modes:
-                row = run_one(block, mode, args.seconds, args.update_every, source)
+                row = run_server_alone(block, args.seconds) if mode == "server" else \
+                    run_one(block, mode, args.seconds, args.update_every, source)
                 rows.append(row)
                 print(f"done {block} frames, steering {mode}", file=sys.stderr, flush=True)
     if args.json:
@@ -79,6 +97,10 @@ def main() -> None:
           "updates | update latency p50 / p95 (s) | process CPU | CPU steal |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
+        if r["mode"] == "server":
+            print(f"| {r['block_frames']} | {r['block_period_us'] / 1000:.2f} ms | peer: the server alone | - | - | "
+                  f"- / {r['server_xruns']} | - | - | - | {r['cpu_steal_ms']:.0f} ms |")
+            continue
         us, lat = r["callback_us"], r["update_latency_s"]
         lat_text = f"{lat['p50']:.3f} / {lat['p95']:.3f}" if lat["p50"] is not None else "-"
         print(f"| {r['block_frames']} | {r['block_period_us'] / 1000:.2f} ms | {r['mode']} | "
