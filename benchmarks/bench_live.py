@@ -17,6 +17,7 @@ xruns in 60 s; update latency p95 under 0.5 s.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import sys
@@ -60,7 +61,8 @@ def run_one(block: int, mode: str, seconds: float, update_every: float, source: 
         config = LiveConfig(prompts={"bright": 1.0}, sample_rate=RATE, channels=2, blocksize=block,
                             update_every_s=update_every, worker=mode, model_dir=str(default_model_path()))
         before = server.xruns()
-        run = run_live(config, play=source, duration_s=seconds, read_stdin=False, interactive=False)
+        with contextlib.redirect_stdout(sys.stderr):  # the loop's progress lines; stdout stays the report (--json)
+            run = run_live(config, play=source, duration_s=seconds, read_stdin=False, interactive=False)
         stats = run.live.stats_dict()
         stats["server_xruns"] = server.xruns() - before
         import sounddevice as sd

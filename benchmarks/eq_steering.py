@@ -83,8 +83,13 @@ def engineer_view(settings, audio: np.ndarray, after: np.ndarray, rate: float) -
             "resonances": sum(1 for b in settings.bands if b.type == "peak" and b.q > 4 and abs(b.gain_db) > 3)}
 
 
-def mode_config(mode: str, penalty: float | None, overrides: dict | None = None) -> SteeringConfig:
+def mode_config(mode: str, penalty: float | None, overrides: dict | None = None,
+                budget: bool = False) -> SteeringConfig:
+    """What ``timbreclip eq`` fits with (``--surgical`` or not): a fixed step count, so the table does not depend on
+    how busy the machine is; ``budget``: the live loop's wall-clock budget instead."""
     config = SteeringConfig.surgical() if mode == "surgical" else replace(SteeringConfig(), **(overrides or {}))
+    if not budget:
+        config = replace(config, time_budget_s=None)
     return config if penalty is None else replace(config, penalty=penalty)
 
 
@@ -157,6 +162,10 @@ def main() -> None:
     ap.add_argument("--shape", type=float, help="default mode's shape penalty weight (development)")
     ap.add_argument("--knee", type=float, help="default mode's knee in dB (development)")
     ap.add_argument("--max-gain", type=float, help="default mode's band gain cap in dB (development)")
+    ap.add_argument("--max-span", type=float, help="default mode's penalised curve span in dB (development)")
+    ap.add_argument("--max-level", type=float, help="default mode's penalised level change in dB (development)")
+    ap.add_argument("--boost-weight", type=float, help="default mode's boost weight past the knee (development)")
+    ap.add_argument("--q-max", type=float, help="default mode's largest band Q (development)")
     ap.add_argument("--modes", nargs="+", choices=("surgical", "default"), default=["surgical", "default"],
                     help="steering modes to compare (default both: before and after the musical defaults)")
     ap.add_argument("--seed", type=int, default=0)
@@ -170,8 +179,11 @@ def main() -> None:
     for n in notes:
         audio, rate = read_audio(n.path)
         clips.append((n, audio.mean(axis=0), rate))
-    overrides = {k: v for k, v in (("shape", args.shape), ("knee_db", args.knee), ("max_gain_db", args.max_gain))
-                 if v is not None}
+    overrides = {k: v for k, v in (("shape", args.shape), ("knee_db", args.knee), ("max_gain_db", args.max_gain),
+                                   ("max_span_db", args.max_span), ("max_level_db", args.max_level),
+                                   ("boost_weight", args.boost_weight)) if v is not None}
+    if args.q_max is not None:
+        overrides["q_range"] = (SteeringConfig().q_range[0], args.q_max)
     rows, fits, by_fit = {}, defaultdict(list), {}
     for prompt, (kind, sign) in PROMPTS.items():
         if args.prompts and prompt not in args.prompts:
@@ -224,7 +236,7 @@ def main() -> None:
     if "surgical" in goals and "default" in goals and goals["surgical"]["mean_improvement"] > 0:
         goals["default"]["improvement_share_of_surgical_percent"] = round(
             100 * goals["default"]["mean_improvement"] / goals["surgical"]["mean_improvement"], 1)
-    fast = mode_config("default", args.penalty, overrides)
+    fast = mode_config("default", args.penalty, overrides, budget=True)  # the live loop's fast fit
 
     predictor_report = predictor_table(model, clips, fe, args, by_fit) if args.predictor else None
 

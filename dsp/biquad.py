@@ -48,40 +48,40 @@ def rbj_coefficients(
     cos_w, sin_w = xp.cos(w0), xp.sin(w0)
     alpha = sin_w / (2.0 * q)
     amp = 10.0 ** (gain_db / 40.0)
-    sqrt_amp_alpha = 2.0 * xp.sqrt(amp) * alpha
     one = xp.ones_like(cos_w * amp)
     zero = xp.zeros_like(one)
 
-    peak = (1.0 + alpha * amp, -2.0 * cos_w, 1.0 - alpha * amp, 1.0 + alpha / amp, -2.0 * cos_w, 1.0 - alpha / amp)
-    ap1, am1 = amp + 1.0, amp - 1.0
-    low_shelf = (
-        amp * (ap1 - am1 * cos_w + sqrt_amp_alpha),
-        2.0 * amp * (am1 - ap1 * cos_w),
-        amp * (ap1 - am1 * cos_w - sqrt_amp_alpha),
-        ap1 + am1 * cos_w + sqrt_amp_alpha,
-        -2.0 * (am1 + ap1 * cos_w),
-        ap1 + am1 * cos_w - sqrt_amp_alpha,
-    )
-    high_shelf = (
-        amp * (ap1 + am1 * cos_w + sqrt_amp_alpha),
-        -2.0 * amp * (am1 + ap1 * cos_w),
-        amp * (ap1 + am1 * cos_w - sqrt_amp_alpha),
-        ap1 - am1 * cos_w + sqrt_amp_alpha,
-        2.0 * (am1 - ap1 * cos_w),
-        ap1 - am1 * cos_w - sqrt_amp_alpha,
-    )
-    den = (1.0 + alpha, -2.0 * cos_w, 1.0 - alpha)
-    low_pass = ((1.0 - cos_w) / 2.0, 1.0 - cos_w, (1.0 - cos_w) / 2.0) + den
-    high_pass = ((1.0 + cos_w) / 2.0, -(1.0 + cos_w), (1.0 + cos_w) / 2.0) + den
-    band_pass = (alpha, zero, -alpha) + den  # constant 0 dB peak gain
-    notch = (one, -2.0 * cos_w, one) + den
+    def peak():
+        return (1.0 + alpha * amp, -2.0 * cos_w, 1.0 - alpha * amp, 1.0 + alpha / amp, -2.0 * cos_w,
+                1.0 - alpha / amp)
 
-    table = (peak, low_shelf, high_shelf, low_pass, high_pass, band_pass, notch)
+    def shelf(sign: float):  # sign +1: low shelf, -1: high shelf (the cookbook's two forms, one written)
+        ap1, am1, s = amp + 1.0, amp - 1.0, 2.0 * xp.sqrt(amp) * alpha
+        return (amp * (ap1 - sign * am1 * cos_w + s), sign * 2.0 * amp * (am1 - sign * ap1 * cos_w),
+                amp * (ap1 - sign * am1 * cos_w - s), ap1 + sign * am1 * cos_w + s,
+                -sign * 2.0 * (am1 + sign * ap1 * cos_w), ap1 + sign * am1 * cos_w - s)
+
+    def den():
+        return (1.0 + alpha, -2.0 * cos_w, 1.0 - alpha)
+
+    table = (
+        peak,
+        lambda: shelf(1.0),
+        lambda: shelf(-1.0),
+        lambda: ((1.0 - cos_w) / 2.0, 1.0 - cos_w, (1.0 - cos_w) / 2.0) + den(),  # low pass
+        lambda: ((1.0 + cos_w) / 2.0, -(1.0 + cos_w), (1.0 + cos_w) / 2.0) + den(),  # high pass
+        lambda: (alpha, zero, -alpha) + den(),  # band pass, constant 0 dB peak gain
+        lambda: (one, -2.0 * cos_w, one) + den(),  # notch
+    )
+    # only the types present are designed (the steering EQ has three of the seven: its optimiser runs this often)
+    codes = band_code.reshape(-1).tolist() if hasattr(band_code, "reshape") else [int(band_code)]
+    present = sorted({int(c) for c in codes})
+    designed = {code: table[code]() for code in present}
     columns = []
     for k in range(6):
-        col = table[0][k] * one
-        for code in range(1, len(table)):
-            col = xp.where(band_code == code, table[code][k] * one, col)
+        col = designed[present[0]][k] * one
+        for code in present[1:]:
+            col = xp.where(band_code == code, designed[code][k] * one, col)
         columns.append(col)
     return xp.stack(columns, -1)
 
@@ -113,6 +113,24 @@ def cascade_response(sos: Any, freqs_hz: Any, sample_rate: float, xp: Any = np) 
     sos = sos[..., None, :]  # (..., sections, 1, 6) to broadcast over freqs
     num = sos[..., 0] + sos[..., 1] * z1 + sos[..., 2] * z2
     den = sos[..., 3] + sos[..., 4] * z1 + sos[..., 5] * z2
+    return xp.prod(num / den, -2)
+
+
+def cascade_power(sos: Any, freqs_hz: Any, sample_rate: float, xp: Any = np) -> Any:
+    """``|H|^2`` of a biquad cascade ``(..., sections, 6)`` at ``freqs_hz`` ``(freqs,)``: ``(..., freqs)``.
+
+    The same as ``|cascade_response|^2`` in real arithmetic: for ``B(z) = b0 + b1 z^-1 + b2 z^-2`` on the unit
+    circle, ``|B|^2 = b0^2 + b1^2 + b2^2 + 2 (b0 b1 + b1 b2) cos w + 2 b0 b2 cos 2w`` (and so for ``A``). No complex
+    numbers, a third of the operations: the steering optimiser evaluates it at every step."""
+    w = (2.0 * math.pi / sample_rate) * _as_array(freqs_hz, xp)
+    c1, c2 = xp.cos(w), xp.cos(2.0 * w)
+
+    def power(c0, k1, k2):  # (..., sections, 1) each
+        return (c0 * c0 + k1 * k1 + k2 * k2) + 2.0 * (c0 * k1 + k1 * k2) * c1 + 2.0 * (c0 * k2) * c2
+
+    sos = sos[..., None, :]
+    num = power(sos[..., 0], sos[..., 1], sos[..., 2])
+    den = power(sos[..., 3], sos[..., 4], sos[..., 5])
     return xp.prod(num / den, -2)
 
 

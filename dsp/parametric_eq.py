@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .biquad import BAND_CODE, cascade_response, normalise, rbj_coefficients
+from .biquad import BAND_CODE, cascade_power, cascade_response, normalise, rbj_coefficients
 from .settings import Band, EQSettings
 
 DEFAULT_BAND_TYPES = ("low_shelf", "peak", "peak", "peak", "peak", "peak", "peak", "high_shelf")
@@ -154,8 +154,7 @@ class ParametricEQ(nn.Module):
         """Power gain ``|H|^2`` ``(..., n_fft // 2 + 1)`` on the rfft bin frequencies of an ``n_fft`` STFT."""
         rate = self.sample_rate if sample_rate is None else float(sample_rate)
         freqs = torch.fft.rfftfreq(n_fft, d=1.0 / rate, dtype=torch.float64, device=self.raw_gain.device)
-        h = self.response(freqs, rate)
-        return (h.real**2 + h.imag**2).to(self.raw_gain.dtype)
+        return cascade_power(self.sos(rate), freqs, rate, xp=torch).to(self.raw_gain.dtype)
 
     def apply_to_power(self, power: torch.Tensor, n_fft: int, sample_rate: float | None = None) -> torch.Tensor:
         """Multiply a power spectrogram ``(..., n_fft // 2 + 1, frames)`` by ``|H|^2`` (broadcast over frames)."""
