@@ -119,6 +119,7 @@ class LiveConfig:
 @dataclass
 class LiveStats:
     callback_us: list = field(default_factory=list)
+    gaps_us: list = field(default_factory=list)  # from one callback's start to the next's
     latencies_s: list = field(default_factory=list)
     updates: int = 0
     held: int = 0
@@ -266,6 +267,9 @@ class LiveEQ:
         if end > start:
             idx = np.arange(start, end) & (TIMING_SLOTS - 1)
             self.stats.callback_us.append(self.block_us[idx].copy())
+            first = start - 1 if start - 1 > max(-1, end - TIMING_SLOTS) else start  # across two drains too
+            starts = self.block_start[np.arange(first, end) & (TIMING_SLOTS - 1)]
+            self.stats.gaps_us.append(np.diff(starts) * 1e6)
         self._drained = end
         # update latency: from the end of the window listened to until the first block that played its set
         tag, block = int(self.cascade.counters[2]), int(self.cascade.counters[3])
@@ -280,6 +284,7 @@ class LiveEQ:
 
     def stats_dict(self) -> dict:
         us = self.callback_us()
+        gaps = np.concatenate(self.stats.gaps_us) if self.stats.gaps_us else np.zeros(0)
         period_us = self.config.blocksize / self.rate * 1e6
         lat = np.asarray(self.stats.latencies_s)
         return {
@@ -290,6 +295,8 @@ class LiveEQ:
             "xrun_blocks": [int(b) for b in self.xrun_blocks if b >= 0],
             "callback_us": {"p50": _percentile(us, 50), "p99": _percentile(us, 99),
                             "max": float(us.max()) if len(us) else None},
+            # a callback that starts late (the thread waited for the CPU or the GIL) shows as a gap past the period
+            "callback_gap_us": {"p99": _percentile(gaps, 99), "max": float(gaps.max()) if len(gaps) else None},
             "block_period_us": period_us,
             "callback_load_p99": (_percentile(us, 99) / period_us) if len(us) else None,
             "updates": int(self.stats.updates),

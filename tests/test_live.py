@@ -112,6 +112,26 @@ def test_silence_holds_the_eq(tmp_path):
     np.testing.assert_array_equal(live.cascade.sos, flat_sos(8))
 
 
+def test_callback_gaps_show_a_late_callback_across_drains():
+    """The gap from one callback's start to the next's is kept for every block, across the control thread's drains:
+    one callback that starts 3 periods late is the maximum, the rest sit at the period."""
+    live = LiveEQ(LiveConfig(prompts={"bright": 1.0}, blocksize=64, channels=1))
+    src, dst = np.zeros((1, 64), np.float32), np.zeros((1, 64), np.float32)
+    period = 64 / live.rate
+    now = 100.0
+    for b in range(300):
+        now += 4 * period if b == 150 else period
+        live.audio_block(src, dst, now)
+        if b % 37 == 0:
+            live.drain_timing()
+    live.drain_timing()
+    gaps = live.stats_dict()["callback_gap_us"]
+    assert gaps["max"] == pytest.approx(4 * period * 1e6, rel=1e-6)
+    assert gaps["p99"] == pytest.approx(period * 1e6, rel=1e-6)
+    assert sum(len(g) for g in live.stats.gaps_us) == 299  # every consecutive pair once
+    live.close()
+
+
 # -- real I/O: freewheel loopback ---------------------------------------------------------------------------------
 class _RecordingLiveEQ(LiveEQ):
     """The live loop, plus a record of what each block received and which coefficient set it took (test only)."""
@@ -223,6 +243,7 @@ def test_ten_seconds_in_real_time_with_steering_has_no_xruns(server, tmp_path):
     assert report["callbacks"] >= 0.95 * 10 * RATE / 256
     assert report["updates"] >= 10
     assert report["callback_us"]["p99"] < report["block_period_us"]
+    assert report["callback_gap_us"]["p99"] < 2 * report["block_period_us"]  # callbacks come once a period
     eq = EQSettings.load(settings)
     assert any(abs(b.gain_db) > 0.5 for b in eq.bands)
     assert "stopped after 10 s" in err
