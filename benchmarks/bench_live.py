@@ -76,6 +76,7 @@ def run_one(block: int, mode: str, seconds: float, update_every: float, source: 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", action="store_true")
+    parser.add_argument("--table-from", metavar="JSON", help="print the table of a saved --json run (runs nothing)")
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--blocks", type=int, nargs="+", default=[64, 128, 256])
     parser.add_argument("--modes", nargs="+", default=["server", "off", "process"],
@@ -83,6 +84,14 @@ def main() -> None:
                         help="server: the JACK server alone, no client (the peer); off: the loop without steering")
     parser.add_argument("--update-every", type=float, default=0.5)
     args = parser.parse_args()
+    if args.table_from:
+        try:
+            with open(args.table_from) as f:
+                print_table(json.load(f))
+        except (OSError, ValueError, KeyError) as err:
+            print(f"--table-from {args.table_from}: not a saved bench_live --json run ({err})", file=sys.stderr)
+            sys.exit(2)
+        return
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         source = test_signal(os.path.join(tmp, "tone.wav"))
@@ -95,21 +104,28 @@ def main() -> None:
     if args.json:
         print(json.dumps(rows, indent=2))
         return
-    print("| frames | period | steering | callback p50 / p99 / max (us) | p99 share | xruns (stream / server) | "
-          "updates | update latency p50 / p95 (s) | process CPU | CPU steal |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print_table(rows)
+
+
+def print_table(rows: list[dict]) -> None:
+    """The README's table; "longest gap" is the most time from one callback's start to the next's (a late start,
+    while the callback's own time stays short, is time the thread waited for a CPU or the GIL)."""
+    print("| frames | period | steering | callback p50 / p99 / max (us) | p99 share | longest gap | "
+          "xruns (stream / server) | updates | update latency p50 / p95 (s) | process CPU | CPU steal |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["mode"] == "server":
             print(f"| {r['block_frames']} | {r['block_period_us'] / 1000:.2f} ms | peer: the server alone | - | - | "
-                  f"- / {r['server_xruns']} | - | - | - | {r['cpu_steal_ms']:.0f} ms |")
+                  f"- | - / {r['server_xruns']} | - | - | - | {r['cpu_steal_ms']:.0f} ms |")
             continue
         us, lat = r["callback_us"], r["update_latency_s"]
         lat_text = f"{lat['p50']:.3f} / {lat['p95']:.3f}" if lat["p50"] is not None else "-"
+        gap = (r.get("callback_gap_us") or {}).get("max")
+        gap_text = f"{gap / 1000:.1f} ms" if gap is not None else "-"
         print(f"| {r['block_frames']} | {r['block_period_us'] / 1000:.2f} ms | {r['mode']} | "
-              f"{us['p50']:.0f} / {us['p99']:.0f} / {us['max']:.0f} | {r['callback_load_p99']:.1%} | "
+              f"{us['p50']:.0f} / {us['p99']:.0f} / {us['max']:.0f} | {r['callback_load_p99']:.1%} | {gap_text} | "
               f"{r['xruns']} / {r['server_xruns']} | {r['updates']} | {lat_text} | "
               f"{r['process_cpu_percent']:.1f}% | {r['cpu_steal_ms']:.0f} ms |")
-
 
 if __name__ == "__main__":
     main()

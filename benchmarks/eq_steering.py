@@ -166,6 +166,8 @@ def main() -> None:
     ap.add_argument("--max-level", type=float, help="default mode's penalised level change in dB (development)")
     ap.add_argument("--boost-weight", type=float, help="default mode's boost weight past the knee (development)")
     ap.add_argument("--q-max", type=float, help="default mode's largest band Q (development)")
+    ap.add_argument("--steps", type=int, help="default mode's step count (development)")
+    ap.add_argument("--surgical-steps", type=int, help="surgical mode's step count (development)")
     ap.add_argument("--modes", nargs="+", choices=("surgical", "default"), default=["surgical", "default"],
                     help="steering modes to compare (default both: before and after the musical defaults)")
     ap.add_argument("--seed", type=int, default=0)
@@ -181,7 +183,7 @@ def main() -> None:
         clips.append((n, audio.mean(axis=0), rate))
     overrides = {k: v for k, v in (("shape", args.shape), ("knee_db", args.knee), ("max_gain_db", args.max_gain),
                                    ("max_span_db", args.max_span), ("max_level_db", args.max_level),
-                                   ("boost_weight", args.boost_weight)) if v is not None}
+                                   ("boost_weight", args.boost_weight), ("steps", args.steps)) if v is not None}
     if args.q_max is not None:
         overrides["q_range"] = (SteeringConfig().q_range[0], args.q_max)
     rows, fits, by_fit = {}, defaultdict(list), {}
@@ -190,6 +192,8 @@ def main() -> None:
             continue
         for mode in args.modes:
             config = mode_config(mode, args.penalty, overrides)
+            if mode == "surgical" and args.surgical_steps is not None:
+                config = replace(config, steps=args.surgical_steps)
             moved, changes, improvements, views, times = [], [], [], [], []
             for n, audio, rate in clips:
                 if kind == "low_share" and n.pitch > BASS_MAX_PITCH:

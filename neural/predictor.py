@@ -40,7 +40,7 @@ class PredictorConfig:
     dim: int = 384
     hidden: int = 192
     bands: int = len(DEFAULT_BAND_TYPES)
-    max_gain_db: float = 9.0  # the steering ranges it predicts in (the musical defaults)
+    max_gain_db: float = 9.0  # the steering ranges it predicts in (saved with it: the defaults it was trained on)
     q_range: tuple[float, float] = (0.3, 2.0)
     model_fingerprint: str = ""  # the TimbreCLIP model whose space it learnt
     spectrum_bands: int = 0  # the source's spectral profile as input (0: embeddings only, the first predictor)

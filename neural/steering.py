@@ -44,20 +44,20 @@ from .text import check_prompts
 
 @dataclass(frozen=True)
 class SteeringConfig:
-    steps: int = 64
+    steps: int = 128  # offline; the live loop's wall-clock budget ends a fit sooner (--surgical: 64)
     lr: float = 0.3
     schedule: str = "cosine"  # "cosine" or "constant" (the paper's)
     early_exit: bool = True
     patience: int = 16
     tolerance: float = 1e-4
-    penalty: float = 0.02
+    penalty: float = 0.01  # L1 on band gains (--surgical: 0.02); the shape penalty does the rest
     max_gain_db: float = 9.0  # band gains within +-9 dB (--surgical: 12)
-    q_range: tuple[float, float] = (0.3, 2.0)  # broad bands only (--surgical: 0.3..10, narrow resonances allowed)
+    q_range: tuple[float, float] = (0.3, 3.0)  # no narrow resonance (--surgical: 0.3..10, narrow bands allowed)
     shape: float = 0.03  # weight of the shape penalty on the summed curve (0 = off: --surgical)
-    knee_db: float = 6.0  # the summed curve is free within +-knee; past it the penalty grows with the square
+    knee_db: float = 7.0  # the summed curve is free within +-knee; past it the penalty grows with the square
     boost_weight: float = 2.0  # a boost past the knee costs this many times a cut
-    max_span_db: float = 15.0  # a summed curve spanning more (highest - lowest point) is penalised too
-    max_level_db: float = 4.0  # a level change (the sound's power through the EQ) past this is penalised too
+    max_span_db: float = 16.5  # a summed curve spanning more (highest - lowest point) is penalised too
+    max_level_db: float = 5.0  # a level change (the sound's power through the EQ) past this is penalised too
     seed: int = 0  # kept for settings files and scripts: nothing in a fit is random
     init: str = "broad"  # "broad" (best of BROAD_MOVES, or flat) or "flat" (the paper's)
     betas: tuple[float, float] = (0.9, 0.999)
@@ -72,8 +72,9 @@ class SteeringConfig:
 
     @classmethod
     def surgical(cls, **changes) -> "SteeringConfig":
-        """The freedom steering had before the musical defaults: +-12 dB, Q up to 10, no shape penalty."""
-        return replace(cls(max_gain_db=12.0, q_range=(0.3, 10.0), shape=0.0), **changes)
+        """The freedom steering had before the musical defaults: +-12 dB, Q up to 10, no shape penalty, the gain
+        penalty and the 64 steps it had then."""
+        return replace(cls(max_gain_db=12.0, q_range=(0.3, 10.0), shape=0.0, penalty=0.02, steps=64), **changes)
 
     @classmethod
     def offline(cls, **changes) -> "SteeringConfig":

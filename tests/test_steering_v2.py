@@ -35,9 +35,10 @@ def test_defaults_are_broad_and_moderate_and_surgical_keeps_the_old_freedom(mode
         musical = steer(model, windows, {prompt: 1.0}, 0.5, SteeringConfig.offline(steps=40))
         s = musical.eq.to_settings(44100)
         assert all(abs(b.gain_db) <= 9.0 + 1e-4 for b in s.bands)
-        assert all(b.q <= 2.0 + 1e-4 for b in s.bands)
+        assert all(b.q <= 3.0 + 1e-4 for b in s.bands)  # broad: no peak narrow enough to count as a resonance
     surgical = SteeringConfig.surgical()
     assert (surgical.max_gain_db, surgical.q_range, surgical.shape) == (12.0, (0.3, 10.0), 0.0)
+    assert (surgical.penalty, surgical.steps) == (0.02, 64)  # the first version's fit, as it was
     assert SteeringConfig.offline().time_budget_s is None and SteeringConfig().time_budget_s == 0.95
 
 

@@ -386,13 +386,13 @@ def _add_eq(sub) -> None:
     p.add_argument("--settings-out", help="write the EQ settings (JSON interchange format)")
     p.add_argument("--plot", help="write the EQ curve and before/after spectrograms (PNG)")
     p.add_argument("--steps", type=_number("--steps", 1, 10_000_000, integer=True),
-                   help="optimiser steps (fast default 64; --paper: 5000)")
+                   help="optimiser steps (default 128; --surgical 64; --paper 5000)")
     p.add_argument("--time-budget", type=_number("--time-budget", 0.0),
                    help="seconds per 4 s window the fit may take (default none: a fixed step count, so the same "
                    "command gives the same EQ on any machine; 0 = none)")
     p.add_argument("--surgical", action="store_true",
                    help="today's freedom: +-12 dB, narrow bands (Q up to 10), no shape penalty (default: broad, "
-                   "moderate moves an engineer would sign: +-9 dB, Q <= 2, a penalty on big boosts and spans)")
+                   "moderate moves an engineer would sign: +-9 dB, Q <= 3, a penalty on big boosts and spans)")
     p.add_argument("--amount", type=_number("--amount", 0.0, 1.5), default=1.0,
                    help="how much of the fitted curve to apply (0 flat, 1 the fit, up to 1.5; default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
@@ -405,7 +405,7 @@ def _add_eq(sub) -> None:
                    help="learning rate (fast default 0.3; --paper: 0.01)")
     p.add_argument("--paper", action="store_true", help="the paper's optimiser: 5000 Adam steps at lr 1e-2")
     p.add_argument("--penalty", type=_number("--penalty", 0.0, 100.0), default=None,
-                   help="gain penalty weight (default 0.02)")
+                   help="gain penalty weight (default 0.01; --surgical and --paper 0.02)")
     p.add_argument("--no-match-loudness", action="store_true", help="keep the EQ's loudness change")
     p.add_argument("--excerpt", type=_number("--excerpt", 0.0, lo_open=True), default=60.0,
                    help="seconds of the file the EQ listens to (default 60)")
