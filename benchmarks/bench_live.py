@@ -127,5 +127,6 @@ def print_table(rows: list[dict]) -> None:
               f"{r['xruns']} / {r['server_xruns']} | {r['updates']} | {lat_text} | "
               f"{r['process_cpu_percent']:.1f}% | {r['cpu_steal_ms']:.0f} ms |")
 
+
 if __name__ == "__main__":
     main()

@@ -83,13 +83,17 @@ def engineer_view(settings, audio: np.ndarray, after: np.ndarray, rate: float) -
             "resonances": sum(1 for b in settings.bands if b.type == "peak" and b.q > 4 and abs(b.gain_db) > 3)}
 
 
-def mode_config(mode: str, penalty: float | None, overrides: dict | None = None,
-                budget: bool = False) -> SteeringConfig:
+def mode_config(mode: str, penalty: float | None, overrides: dict | None = None, budget: bool = False,
+                surgical_steps: int | None = None) -> SteeringConfig:
     """What ``timbreclip eq`` fits with (``--surgical`` or not): a fixed step count, so the table does not depend on
-    how busy the machine is; ``budget``: the live loop's wall-clock budget instead."""
-    config = SteeringConfig.surgical() if mode == "surgical" else replace(SteeringConfig(), **(overrides or {}))
+    how busy the machine is; ``budget``: the live loop's wall-clock budget instead. ``overrides`` change the
+    default mode only, ``surgical_steps`` the surgical mode's step count."""
+    if mode == "surgical":
+        config = SteeringConfig.surgical(**({} if surgical_steps is None else {"steps": surgical_steps}))
+    else:
+        config = replace(SteeringConfig(), **(overrides or {}))
     if not budget:
-        config = replace(config, time_budget_s=None)
+        config = replace(config, time_budget_s=None)  # as SteeringConfig.offline() and `eq --surgical` have it
     return config if penalty is None else replace(config, penalty=penalty)
 
 
@@ -191,9 +195,7 @@ def main() -> None:
         if args.prompts and prompt not in args.prompts:
             continue
         for mode in args.modes:
-            config = mode_config(mode, args.penalty, overrides)
-            if mode == "surgical" and args.surgical_steps is not None:
-                config = replace(config, steps=args.surgical_steps)
+            config = mode_config(mode, args.penalty, overrides, surgical_steps=args.surgical_steps)
             moved, changes, improvements, views, times = [], [], [], [], []
             for n, audio, rate in clips:
                 if kind == "low_share" and n.pitch > BASS_MAX_PITCH:
