@@ -100,7 +100,7 @@ def mode_config(mode: str, penalty: float | None, overrides: dict | None = None,
 def predictor_table(model, clips, fe, args, by_fit) -> dict:
     """The one-pass predictor on the benchmark's notes and prompts: time per pass (with and without the two
     embeddings), cosine improvement against the fast optimiser's on the same fit, notes moved the right way."""
-    from timbreclip.neural.predictor import find_predictor, steering_embeddings, window_profile
+    from timbreclip.neural.predictor import find_predictor, predictor_inputs, steering_embeddings
 
     predictor = find_predictor(model)
     if predictor is None:
@@ -118,9 +118,13 @@ def predictor_table(model, clips, fe, args, by_fit) -> dict:
             t0 = time.perf_counter()
             z_source, target = steering_embeddings(model, windows, {prompt: 1.0}, args.source_weight)
             t1 = time.perf_counter()
-            with torch.no_grad():  # the pass includes the spectral profile where the predictor takes one
-                profile = window_profile(model, predictor, windows)
-                predictor(z_source[None], target[None], None if profile is None else profile[None])
+            # the pass includes its inputs besides the embeddings: the spectral profile and the objective's
+            # gradient at flat (a backward pass through the encoder) where the predictor takes them
+            with torch.no_grad():
+                power = model.frontend.power(windows)
+            profile, sensitivity = predictor_inputs(model, predictor, power, target)
+            with torch.no_grad():
+                predictor(z_source[None], target[None], profile, sensitivity)
             t2 = time.perf_counter()
             pass_ms.append(1000 * (t2 - t1))
             full_ms.append(1000 * (t2 - t0))

@@ -9,7 +9,11 @@ objective itself; it knows one model's embedding space only, so it is saved besi
 - Input: ``[z_source, z_target, z_target - z_source]`` (3 x 384 for the shipped text space), and where the config
   says so (``spectrum_bands`` > 0) the source's spectral profile: its mean power in log-spaced bands over
   30 Hz-7.2 kHz, in dB relative to its own mean (level-free), scaled by 1/20. The embedding says what the sound is;
-  the profile says where its energy is, which is what an EQ acts on.
+  the profile says where its energy is, which is what an EQ acts on. Where ``sensitivity_bands`` > 0, also the
+  steering objective's gradient at flat: how the cosine distance to the target changes with a dB offset in each
+  log-spaced band over the same range (its direction, unit norm, and the log of its size), from one forward and one
+  backward pass through the frozen encoder. It says which way this note, heard by this model, moves toward these
+  words, which the embeddings alone leave the network to guess.
 - Output: the steering EQ's unconstrained parameters ``(bands, 3)`` (frequency, gain and Q logits, the layout of
   ``ParametricEQ.from_raw``) as offsets from a flat EQ with the default band layout: a zero output is flat.
 - Used alone (``eq --fast-predict``, the live loop's ``--fast-predict`` updates) or as the optimiser's starting point
@@ -44,13 +48,15 @@ class PredictorConfig:
     q_range: tuple[float, float] = (0.3, 2.0)
     model_fingerprint: str = ""  # the TimbreCLIP model whose space it learnt
     spectrum_bands: int = 0  # the source's spectral profile as input (0: embeddings only, the first predictor)
+    sensitivity_bands: int = 0  # the objective's gradient at flat per log band as input (0: none)
 
 
 class SteeringPredictor(nn.Module):
     def __init__(self, config: PredictorConfig = PredictorConfig()) -> None:
         super().__init__()
         self.config = config
-        self.net = nn.Sequential(nn.Linear(3 * config.dim + config.spectrum_bands, config.hidden), nn.GELU(),
+        inputs = 3 * config.dim + config.spectrum_bands + (config.sensitivity_bands + 1 if config.sensitivity_bands else 0)
+        self.net = nn.Sequential(nn.Linear(inputs, config.hidden), nn.GELU(),
                                  nn.Linear(config.hidden, config.hidden), nn.GELU(),
                                  nn.Linear(config.hidden, 3 * config.bands))
         nn.init.zeros_(self.net[-1].weight)  # starts flat
@@ -61,24 +67,26 @@ class SteeringPredictor(nn.Module):
     def ranges(self) -> BandRanges:
         return BandRanges(gain_db=(-self.config.max_gain_db, self.config.max_gain_db), q=tuple(self.config.q_range))
 
-    def forward(self, z_source: torch.Tensor, z_target: torch.Tensor,
-                spectrum: torch.Tensor | None = None) -> torch.Tensor:
-        """``(B, dim)`` x 2 (and ``(B, spectrum_bands)``, see ``spectrum_profile``) -> raw EQ parameters
-        ``(B, bands, 3)``."""
+    def forward(self, z_source: torch.Tensor, z_target: torch.Tensor, spectrum: torch.Tensor | None = None,
+                sensitivity: torch.Tensor | None = None) -> torch.Tensor:
+        """``(B, dim)`` x 2 (and ``(B, spectrum_bands)``, see ``spectrum_profile``; ``(B, sensitivity_bands + 1)``,
+        see ``steering_sensitivity``) -> raw EQ parameters ``(B, bands, 3)``."""
         parts = [z_source, z_target, z_target - z_source]
-        if self.config.spectrum_bands:
-            if spectrum is None or spectrum.shape[-1] != self.config.spectrum_bands:
-                raise TimbreclipError(f"this steering predictor needs the source's spectral profile "
-                                      f"({self.config.spectrum_bands} bands)")
-            parts.append(spectrum.to(z_source.dtype))
+        for name, value, size in (("spectral profile", spectrum, self.config.spectrum_bands),
+                                  ("steering sensitivity", sensitivity,
+                                   self.config.sensitivity_bands + 1 if self.config.sensitivity_bands else 0)):
+            if size:
+                if value is None or value.shape[-1] != size:
+                    raise TimbreclipError(f"this steering predictor needs the source's {name} ({size} values)")
+                parts.append(value.to(z_source.dtype))
         x = torch.cat(parts, dim=-1)
         return self.flat_raw + self.net(x).reshape(-1, self.config.bands, 3)
 
     def eq(self, z_source: torch.Tensor, z_target: torch.Tensor, sample_rate: float,
-           spectrum: torch.Tensor | None = None) -> ParametricEQ:
+           spectrum: torch.Tensor | None = None, sensitivity: torch.Tensor | None = None) -> ParametricEQ:
         """The predicted EQs as one batched ``ParametricEQ`` (differentiable in the network's weights)."""
-        return ParametricEQ.from_raw(sample_rate, self(z_source, z_target, spectrum), DEFAULT_BAND_TYPES,
-                                     self.ranges())
+        return ParametricEQ.from_raw(sample_rate, self(z_source, z_target, spectrum, sensitivity),
+                                     DEFAULT_BAND_TYPES, self.ranges())
 
     def profile(self, power: torch.Tensor, sample_rate: float, n_fft: int) -> torch.Tensor | None:
         """The spectral profile this predictor takes, from a power spectrogram, or None if it takes none."""
@@ -109,7 +117,7 @@ class SteeringPredictor(nn.Module):
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["config"])
             state = {k: f.get_tensor(k) for k in f.keys()}
-        config = PredictorConfig(**{**meta, "q_range": tuple(meta["q_range"])})
+        config = PredictorConfig(**{**meta, "q_range": tuple(meta["q_range"])})  # older files: no sensitivity
         if model is not None and hasattr(model, "fingerprint") and config.model_fingerprint \
                 and config.model_fingerprint != model.fingerprint():
             raise TimbreclipError(f"{path}: trained for another model (fingerprint {config.model_fingerprint[:12]}, "
@@ -147,6 +155,26 @@ def spectrum_profile(power: torch.Tensor, sample_rate: float, n_fft: int, bands:
     return (db - db.mean(-1, keepdim=True)) / 20.0
 
 
+def steering_sensitivity(encoder, frontend, power: torch.Tensor, target: torch.Tensor, sample_rate: float,
+                         n_fft: int, bands: int) -> torch.Tensor:
+    """The steering objective's gradient at flat, per log-spaced band: ``power (B, n, bins, frames)`` (B fits of n
+    windows each) and ``target (B, dim)`` -> ``(B, bands + 1)``: the gradient of the cosine distance between the
+    windows' mean embedding and the target with respect to a dB offset in each band over 30 Hz-7.2 kHz, as a unit
+    vector, then ``log10(|gradient|) / 3 + 1`` (its size; about 0.2 for the shipped model). One forward and one
+    backward pass through ``encoder`` (frozen: only the offsets take gradients)."""
+    mask = (_band_matrix(sample_rate, n_fft, bands, power.device, power.dtype) > 0).to(power.dtype)
+    offset_db = torch.zeros(power.shape[0], bands, device=power.device, dtype=power.dtype, requires_grad=True)
+    with torch.enable_grad():
+        gain = 10.0 ** ((offset_db @ mask) / 10.0)  # (B, bins): each band's offset on its own bins
+        powered = power * gain[:, None, :, None]
+        z = encoder(frontend.features_from_power(powered.reshape(-1, *power.shape[2:])))
+        z = F.normalize(z.reshape(power.shape[0], power.shape[1], -1).mean(1), dim=-1)
+        distance = 1.0 - (z * target.to(z.dtype)).sum(-1)
+        (grad,) = torch.autograd.grad(distance.sum(), offset_db)
+    size = grad.norm(dim=-1, keepdim=True)
+    return torch.cat([grad / (size + 1e-12), torch.log10(size + 1e-12) / 3.0 + 1.0], dim=-1).detach()
+
+
 _LOADED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
@@ -174,11 +202,17 @@ def steering_embeddings(model, windows: torch.Tensor, prompts: dict[str, float],
     return z_source, target
 
 
-def window_profile(model, predictor: SteeringPredictor, windows: torch.Tensor) -> torch.Tensor | None:
-    """The spectral profile of a fit's windows (their mean power) for ``predictor``, or None if it takes none."""
-    if not predictor.config.spectrum_bands:
-        return None
+def predictor_inputs(model, predictor: SteeringPredictor, power: torch.Tensor, target: torch.Tensor):
+    """``(spectrum, sensitivity)`` for one fit, each ``(1, ...)`` or None where ``predictor`` takes none: from the
+    fit's windows' power spectrograms ``(n, bins, frames)`` and its target ``(dim,)``."""
     fe = model.config.frontend
+    power = power.to(predictor.flat_raw.device).float()
     with torch.no_grad():
-        power = model.frontend.power(windows.to(predictor.flat_raw.device).float()).mean(0)
-    return predictor.profile(power, fe.sample_rate, fe.n_fft)
+        profile = predictor.profile(power.mean(0), fe.sample_rate, fe.n_fft)
+    sensitivity = None
+    if predictor.config.sensitivity_bands:
+        from .steering import steering_encoder
+
+        sensitivity = steering_sensitivity(steering_encoder(model), model.frontend, power[None], target[None],
+                                           fe.sample_rate, fe.n_fft, predictor.config.sensitivity_bands)
+    return (None if profile is None else profile[None]), sensitivity

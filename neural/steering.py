@@ -111,15 +111,15 @@ def _predicted(model, predictor, z_source, target, sample_rate: float, ranges: B
                power: torch.Tensor) -> ParametricEQ:
     """The predictor's EQ for this fit (``power``: the windows' power spectrograms) as a plain (trainable)
     ``ParametricEQ``."""
-    from .predictor import find_predictor
+    from .predictor import find_predictor, predictor_inputs
 
     predictor = predictor if predictor is not None else find_predictor(model)
     if predictor is None:
         raise TimbreclipError("init 'predict': this model has no steering predictor beside it "
                               "(train one with `timbreclip train-predictor`)")
+    profile, sensitivity = predictor_inputs(model, predictor, power, target)
     with torch.no_grad():
-        profile = predictor.profile(power.mean(0), model.config.frontend.sample_rate, model.config.frontend.n_fft)
-        raw = predictor(z_source[None], target[None], None if profile is None else profile[None])[0]
+        raw = predictor(z_source[None], target[None], profile, sensitivity)[0]
     eq = ParametricEQ(sample_rate, ranges=ranges).to(raw.device)
     with torch.no_grad():  # the predictor's own ranges may differ: go through physical values
         guess = ParametricEQ.from_raw(sample_rate, raw[None], eq.band_types, predictor.ranges())
@@ -140,7 +140,7 @@ def _stack(moves: ParametricEQ, extra: ParametricEQ) -> ParametricEQ:
 _FUSED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
 
 
-def _steering_encoder(model):
+def steering_encoder(model):
     """The model's audio encoder with BatchNorm folded in, rebuilt only when the weights change."""
     # the weights' identity and content (a sum per tensor: cheap next to a fit, and it sees in-place updates)
     with torch.no_grad():
@@ -241,7 +241,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     model.eval()
     fe = model.frontend
     fe_cfg = model.config.frontend
-    encoder = _steering_encoder(model)
+    encoder = steering_encoder(model)
     device = next(model.audio.parameters()).device  # every tensor of the fit follows the model
     windows = windows.to(device)
     with torch.no_grad():

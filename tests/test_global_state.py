@@ -11,7 +11,7 @@ import torch
 
 from timbreclip.neural.encoder import AudioEncoderConfig
 from timbreclip.neural.model import ModelConfig, TimbreCLIP
-from timbreclip.neural.steering import SteeringConfig, _steering_encoder, steer
+from timbreclip.neural.steering import SteeringConfig, steering_encoder, steer
 from timbreclip.neural.text import MiniLMEncoder
 
 
@@ -63,14 +63,14 @@ def test_plots_do_not_switch_the_matplotlib_backend(tmp_path):
         matplotlib.use(before)
 
 
-def test_the_fused_steering_encoder_follows_in_place_weight_changes(model):
-    first = _steering_encoder(model)
-    assert _steering_encoder(model) is first  # unchanged weights: reused
+def test_the_fusedsteering_encoder_follows_in_place_weight_changes(model):
+    first = steering_encoder(model)
+    assert steering_encoder(model) is first  # unchanged weights: reused
     p = next(model.audio.parameters())
     with torch.no_grad():
         p.add_(0.5)
     try:
-        assert _steering_encoder(model) is not first  # changed in place: rebuilt
+        assert steering_encoder(model) is not first  # changed in place: rebuilt
     finally:
         with torch.no_grad():
             p.sub_(0.5)

@@ -4,6 +4,7 @@ alone (eq --fast-predict) and as the optimiser's start (init predict)."""
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from conftest import save_tiny_model
 
@@ -100,7 +101,8 @@ def test_spectral_profile_is_level_free_and_follows_the_spectrum(setup):
     z = torch.zeros(1, model.dim)
     with pytest.raises(TimbreclipError, match="spectral profile"):
         predictor(z, z)
-    a, b = (predictor(z, z, profile(x)[None].float()) for x in (dull, bright))
+    sens = torch.zeros(1, 33)
+    a, b = (predictor(z, z, profile(x)[None].float(), sens) for x in (dull, bright))
     assert not torch.allclose(a, b)  # the profile reaches the output
 
 
@@ -111,3 +113,42 @@ def test_the_shipped_predictor_loads_and_answers_in_its_ranges():
     windows = torch.from_numpy(prepare_audio(_tone(220), 16000, model.config.frontend))
     result = steer(model, windows, {"warm": 1.0}, 0.5, SteeringConfig.offline(init="predict", steps=0))
     assert result.steps == 0 and float(result.eq.gain_db.detach().abs().max()) <= 9.0 + 1e-4
+
+
+def test_steering_sensitivity_is_the_objectives_gradient_per_band(setup):
+    from timbreclip.neural.predictor import _band_matrix, steering_embeddings, steering_sensitivity
+    from timbreclip.neural.steering import steering_encoder
+
+    model_dir, _, report = setup
+    model = TimbreCLIP.load(model_dir)
+    fe, cfg = model.frontend, model.config.frontend
+    encoder = steering_encoder(model)
+    windows = torch.from_numpy(prepare_audio(_tone(220, bright=0.5), 16000, cfg))
+    power = fe.power(windows)
+    _, target = steering_embeddings(model, windows, {"bright": 1.0}, 0.5)
+    bands = 8
+    s = steering_sensitivity(encoder, fe, power[None], target[None], cfg.sample_rate, cfg.n_fft, bands)[0]
+    assert s.shape == (bands + 1,) and abs(float(s[:bands].norm()) - 1.0) < 1e-5
+    grad = s[:bands] * 10 ** ((s[bands] - 1.0) * 3.0)
+    mask = (_band_matrix(cfg.sample_rate, cfg.n_fft, bands, "cpu", torch.float32) > 0).float()
+
+    def distance(offset_db):
+        with torch.no_grad():
+            gain = 10 ** (offset_db @ mask / 10)
+            z = F.normalize(encoder(fe.features_from_power(power * gain[None, :, None])).mean(0), dim=-1)
+            return float(1 - z @ target)
+
+    for band in range(bands):  # central differences, +-0.25 dB in one band
+        step = torch.zeros(bands)
+        step[band] = 0.25
+        numeric = (distance(step) - distance(-step)) / 0.5
+        assert abs(numeric - float(grad[band])) <= 0.1 * float(grad.abs().max()), band
+    # the trained predictor takes it, and refuses to run without it
+    predictor = find_predictor(model)
+    assert report["sensitivity_bands"] == 32 and predictor.config.sensitivity_bands == 32
+    z = torch.zeros(1, model.dim)
+    profile = torch.zeros(1, 32)
+    with pytest.raises(TimbreclipError, match="steering sensitivity"):
+        predictor(z, z, profile)
+    a, b = (predictor(z, z, profile, torch.eye(33)[k:k + 1]) for k in (0, 20))
+    assert not torch.allclose(a, b)  # the sensitivity reaches the output

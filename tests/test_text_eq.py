@@ -44,12 +44,12 @@ def test_steer_lowers_the_objective_and_the_penalty_keeps_gains_small(model):
 
 
 def test_broad_start_and_fused_encoder(model):
-    from timbreclip.neural.steering import _broad_eq, _steering_encoder
+    from timbreclip.neural.steering import _broad_eq, steering_encoder
 
     windows = torch.from_numpy(np.stack([_note(4.0, 16000, 1)]))
     features = model.frontend(windows)
-    fused = _steering_encoder(model)
-    assert fused is _steering_encoder(model)  # built once per set of weights
+    fused = steering_encoder(model)
+    assert fused is steering_encoder(model)  # built once per set of weights
     model.eval()
     torch.testing.assert_close(fused(features), model.audio(features), atol=1e-5, rtol=1e-4)
     # the broad start scores flat too, so a fit that starts there can only end at or below flat's objective
@@ -63,7 +63,7 @@ def test_broad_start_and_fused_encoder(model):
     assert pair.eq.gain_db.dim() == 1 and pair.objective_after <= broad.objective_after + 1e-6
     with torch.no_grad():
         model.audio.projection.weight.mul_(1.01)  # new weights: a new fused copy
-    assert _steering_encoder(model) is not fused
+    assert steering_encoder(model) is not fused
     with torch.no_grad():
         model.audio.projection.weight.div_(1.01)
 

@@ -275,8 +275,9 @@ def _add_train_predictor(sub) -> None:
     p.add_argument("--model", required=True, help="model directory (the predictor is saved into it)")
     p.add_argument("--data", required=True, nargs="+", metavar="DIR",
                    help="the model's training folder(s): only its training split is used")
-    p.add_argument("--fits", type=_number("--fits", 10, 1_000_000, integer=True), default=400,
-                   help="optimiser fits to distil (about a second each; default 400)")
+    p.add_argument("--fits", type=_number("--fits", 0, 1_000_000, integer=True), default=400,
+                   help="optimiser fits to distil (about two seconds each; default 400; 0: no distillation, the "
+                        "objective stage starts from flat)")
     p.add_argument("--draws", type=_number("--draws", 10, 1_000_000, integer=True), default=2400,
                    help="(note, words) examples for the objective stage, the fits among them (default 2400)")
     p.add_argument("--notes", type=_number("--notes", 1, 1_000_000, integer=True), default=600,
@@ -286,6 +287,9 @@ def _add_train_predictor(sub) -> None:
     p.add_argument("--spectrum-bands", type=_number("--spectrum-bands", 0, 128, integer=True), default=32,
                    help="bands of the source's spectral profile the predictor also takes (default 32; 0: the "
                         "embeddings only)")
+    p.add_argument("--sensitivity-bands", type=_number("--sensitivity-bands", 0, 128, integer=True), default=32,
+                   help="bands of the steering objective's gradient at flat the predictor also takes (one backward "
+                        "pass through the encoder per prediction; default 32; 0: none)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_train_predictor)
 
@@ -294,10 +298,10 @@ def _run_train_predictor(args) -> int:
     from timbreclip.training.predictor import run
 
     report = run(args.model, args.data, fits=args.fits, draws=args.draws, notes=args.notes, seed=args.seed,
-                 epochs=args.epochs, spectrum_bands=args.spectrum_bands)
+                 epochs=args.epochs, spectrum_bands=args.spectrum_bands, sensitivity_bands=args.sensitivity_bands)
     print(f"steering predictor saved to {report['saved']}: held-out objective {report['held_out_objective']}, "
-          f"curve RMS {report['distill_rms_db']} dB after distillation ({report['fits']} fits, "
-          f"{report['draws']} draws)")
+          + (f"curve RMS {report['distill_rms_db']} dB after distillation " if report["distill_rms_db"] is not None
+             else "no distillation ") + f"({report['fits']} fits, {report['draws']} draws)")
     return 0
 
 

@@ -12,8 +12,10 @@ steering objective itself (``timbreclip train-predictor``).
    plus the gain and shape penalties) on the predicted EQs, batched, with the distillation loss kept at a small
    weight so the predictor stays near EQs the optimiser would choose.
 
-A fifth of the draws is held out; the epoch with the best held-out objective is kept. The predictor also takes the
-source's spectral profile (``spectrum_bands``, 32 by default; 0 trains the embeddings-only predictor).
+A fifth of the notes (every draw on them) is held out; the epoch with the best held-out objective is kept. The
+predictor also takes the source's spectral profile (``spectrum_bands``, 32 by default) and the objective's gradient
+at flat per band (``sensitivity_bands``, 32 by default); 0 leaves either out. With no fits (``fits=0``) the
+distillation stage is skipped and the objective stage starts from flat.
 """
 
 from __future__ import annotations
@@ -30,7 +32,8 @@ import torch.nn.functional as F
 from timbreclip.dsp.audio_io import read_audio
 from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.neural.frontend import prepare_audio
-from timbreclip.neural.predictor import PredictorConfig, SteeringPredictor, spectrum_profile, steering_embeddings
+from timbreclip.neural.predictor import (PredictorConfig, SteeringPredictor, spectrum_profile, steering_embeddings,
+                                         steering_sensitivity)
 from timbreclip.neural.steering import CURVE_HIGH_HZ, CURVE_LOW_HZ, Regulariser, SteeringConfig, steer
 
 from .data import read_any, split_validation
@@ -48,10 +51,11 @@ class Fit:
 
     z_source: np.ndarray
     target: np.ndarray
-    window: np.ndarray  # (samples,) at the model's rate
+    window: np.ndarray  # (samples,) at the model's rate (one array shared by the draws of a note)
     prompts: dict
     curve_db: np.ndarray | None = None  # the optimiser's summed curve at CURVE_POINTS
     improvement: float | None = None
+    note: int = 0  # which of the picked notes it was drawn on (the held-out split is by note)
 
 
 def pick_training_notes(model, folders, count: int, seed: int) -> list:
@@ -82,14 +86,16 @@ def make_draws(model, notes, draws: int, fits: int, seed: int, config: SteeringC
     part: about a second each)."""
     fe = model.config.frontend
     rng = np.random.default_rng(seed + 1)
-    out, started = [], time.time()
+    out, started, windows_of = [], time.time(), {}
     for k in range(draws):
-        note = notes[k % len(notes)]
-        audio, rate = read_audio(note.path)
-        windows = torch.from_numpy(prepare_audio(audio.mean(axis=0), rate, fe))[:1]
+        j = k % len(notes)
+        if j not in windows_of:  # read and embedded once per note: its draws share the window
+            audio, rate = read_audio(notes[j].path)
+            windows_of[j] = torch.from_numpy(prepare_audio(audio.mean(axis=0), rate, fe))[:1]
+        windows = windows_of[j]
         prompts, source_weight = draw_prompts(rng)
         z_source, target = steering_embeddings(model, windows, prompts, source_weight)
-        draw = Fit(z_source.cpu().numpy(), target.cpu().numpy(), windows[0].numpy(), prompts)
+        draw = Fit(z_source.cpu().numpy(), target.cpu().numpy(), windows[0].numpy(), prompts, note=j)
         if k < fits:
             result = steer(model, windows, prompts, source_weight, config)
             with torch.no_grad():
@@ -102,66 +108,90 @@ def make_draws(model, notes, draws: int, fits: int, seed: int, config: SteeringC
 
 
 def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_objective: int = 12,
-                    batch: int = 32, seed: int = 0, distill_weight: float = 0.02, lr: float = 1e-3,
-                    spectrum_bands: int = 32, hidden: int = 256, log=print) -> tuple[SteeringPredictor, dict]:
+                    batch: int = 32, seed: int = 0, distill_weight: float = 0.02, lr: float = 3e-3,
+                    spectrum_bands: int = 32, sensitivity_bands: int = 32, hidden: int = 256,
+                    log=print) -> tuple[SteeringPredictor, dict]:
+    """Distillation on the fitted draws (skipped when none was fitted), then the objective stage; a fifth of the
+    notes (every draw on them) is held out, and the epoch with the best held-out objective is kept."""
     torch.manual_seed(seed)
     fe_cfg = model.config.frontend
     config = SteeringConfig.offline()
     predictor = SteeringPredictor(PredictorConfig(dim=model.dim, hidden=hidden, max_gain_db=config.max_gain_db,
                                                   q_range=tuple(config.q_range),
                                                   model_fingerprint=model.fingerprint(),
-                                                  spectrum_bands=spectrum_bands))
+                                                  spectrum_bands=spectrum_bands,
+                                                  sensitivity_bands=sensitivity_bands))
     fe = model.frontend
-    with torch.no_grad():
-        powers = fe.power(torch.from_numpy(np.stack([f.window for f in draws])))
-        profiles = (spectrum_profile(powers, fe_cfg.sample_rate, fe_cfg.n_fft, spectrum_bands).float()
-                    if spectrum_bands else None)
+    encoder = model.audio.fused_for_inference()
+    for p in encoder.parameters():
+        p.requires_grad_(False)
+    notes = sorted({d.note for d in draws})
+    row = {n: i for i, n in enumerate(notes)}
+    first = {}
+    for d in draws:
+        first.setdefault(d.note, d)
+    with torch.no_grad():  # one power spectrogram per note, not per draw
+        powers = torch.cat([fe.power(torch.from_numpy(np.stack([first[n].window for n in notes[s:s + 64]])))
+                            for s in range(0, len(notes), 64)])
+    power_row = torch.as_tensor([row[d.note] for d in draws])
+    z_sources = torch.from_numpy(np.stack([d.z_source for d in draws])).float()
+    targets = torch.from_numpy(np.stack([d.target for d in draws])).float()
+    profiles = (spectrum_profile(powers, fe_cfg.sample_rate, fe_cfg.n_fft, spectrum_bands).float()[power_row]
+                if spectrum_bands else None)
+    sensitivities = None
+    if sensitivity_bands:
+        started = time.time()
+        sensitivities = torch.cat([
+            steering_sensitivity(encoder, fe, powers[power_row[s:s + 32]][:, None], targets[s:s + 32],
+                                 fe_cfg.sample_rate, fe_cfg.n_fft, sensitivity_bands)
+            for s in range(0, len(draws), 32)])
+        log(f"steering sensitivities of {len(draws)} draws in {time.time() - started:.0f} s")
 
     def predicted_eq(idx):
-        spectrum = profiles[torch.as_tensor(idx)] if profiles is not None else None
-        return predictor.eq(torch.from_numpy(np.stack([draws[i].z_source for i in idx])),
-                            torch.from_numpy(np.stack([draws[i].target for i in idx])), fe_cfg.sample_rate, spectrum)
+        idx = torch.as_tensor(idx)
+        return predictor.eq(z_sources[idx], targets[idx], fe_cfg.sample_rate,
+                            None if profiles is None else profiles[idx],
+                            None if sensitivities is None else sensitivities[idx])
     rng = np.random.default_rng(seed)
-    order = rng.permutation(len(draws))
-    held = set(order[: max(1, len(draws) // 5)].tolist())
-    train_idx = [i for i in range(len(draws)) if i not in held]
-    val_idx = sorted(held)
+    held_notes = set(rng.permutation(notes)[: max(1, len(notes) // 5)].tolist())
+    train_idx = [i for i, d in enumerate(draws) if d.note not in held_notes]
+    val_idx = [i for i, d in enumerate(draws) if d.note in held_notes]
+    if not train_idx:  # a single note: hold out a fifth of its draws instead
+        train_idx, val_idx = val_idx[len(val_idx) // 5:], val_idx[: max(1, len(val_idx) // 5)]
     fitted_train = [i for i in train_idx if draws[i].curve_db is not None]
     fitted_val = [i for i in val_idx if draws[i].curve_db is not None] or fitted_train[:1]
 
     def curves(idx):
         return torch.from_numpy(np.stack([draws[i].curve_db for i in idx])).float()
 
-    train_curves, val_curves = curves(fitted_train), curves(fitted_val)
-    opt = torch.optim.AdamW(predictor.parameters(), lr=2e-3, weight_decay=1e-3)
-    # stage 2: distillation on curves (cheap: no encoder)
-    for epoch in range(epochs_distill):
-        perm = torch.randperm(len(fitted_train))
-        for start in range(0, len(perm), batch):
-            b = perm[start:start + batch]
-            loss = F.mse_loss(curve_db(predicted_eq([fitted_train[j] for j in b]), fe_cfg.sample_rate),
-                              train_curves[b]) / 36.0
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-    with torch.no_grad():
-        distill_val = float(F.mse_loss(curve_db(predicted_eq(fitted_val), fe_cfg.sample_rate), val_curves)) ** 0.5
-    log(f"distillation: held-out curve RMS error {distill_val:.2f} dB")
+    distill_val = None
+    if fitted_train:  # stage 2: distillation on curves (cheap: no encoder)
+        train_curves, val_curves = curves(fitted_train), curves(fitted_val)
+        opt = torch.optim.AdamW(predictor.parameters(), lr=2e-3, weight_decay=1e-3)
+        for epoch in range(epochs_distill):
+            perm = torch.randperm(len(fitted_train))
+            for start in range(0, len(perm), batch):
+                b = perm[start:start + batch]
+                loss = F.mse_loss(curve_db(predicted_eq([fitted_train[j] for j in b]), fe_cfg.sample_rate),
+                                  train_curves[b]) / 36.0
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            distill_val = float(F.mse_loss(curve_db(predicted_eq(fitted_val), fe_cfg.sample_rate), val_curves)) ** 0.5
+        log(f"distillation: held-out curve RMS error {distill_val:.2f} dB")
 
     # stage 3: the steering objective itself, through the frozen model
-    encoder = model.audio.fused_for_inference()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
     regulariser = Regulariser(config, fe_cfg, torch.device("cpu"))
 
     def objective(idx) -> tuple[torch.Tensor, torch.Tensor]:
         idx_t = torch.as_tensor(idx)
         eq = predicted_eq(idx)
         gains = eq.gain_on_grid(fe_cfg.n_fft)
-        z = F.normalize(encoder(fe.features_from_power(powers[idx_t] * gains[:, :, None])), dim=-1)
-        targets = torch.from_numpy(np.stack([draws[i].target for i in idx]))
-        distance = 1.0 - (z * targets).sum(-1)
-        return distance + regulariser(eq, gains, powers[idx_t].mean(-1)), distance
+        power = powers[power_row[idx_t]]
+        z = F.normalize(encoder(fe.features_from_power(power * gains[:, :, None])), dim=-1)
+        distance = 1.0 - (z * targets[idx_t]).sum(-1)
+        return distance + regulariser(eq, gains, power.mean(-1)), distance
 
     def held_out() -> float:
         with torch.no_grad():
@@ -170,7 +200,7 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
     opt = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=1e-3)
     steps_total, step = epochs_objective * max(1, -(-len(train_idx) // batch)), 0
     best, best_state, history = held_out(), {k: v.clone() for k, v in predictor.state_dict().items()}, []
-    log(f"objective stage: held-out objective {best:.4f} after distillation")
+    log(f"objective stage: held-out objective {best:.4f} at the start")
     for epoch in range(epochs_objective):
         perm = rng.permutation(train_idx)
         for start in range(0, len(perm), batch):
@@ -196,16 +226,17 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
         log(f"objective epoch {epoch}: held-out objective {value:.4f}{'  *best*' if value <= best else ''}")
     predictor.load_state_dict(best_state)
     predictor.eval()
-    return predictor, {"draws": len(draws), "fits": len(fitted_train) + len(fitted_val),
-                       "held_out_draws": len(val_idx), "spectrum_bands": spectrum_bands, "hidden": hidden,
-                       "distill_rms_db": round(distill_val, 3),
+    improvements = [f.improvement for f in draws if f.improvement is not None]
+    return predictor, {"draws": len(draws), "fits": len(fitted_train) + len(fitted_val) if fitted_train else 0,
+                       "held_out_draws": len(val_idx), "held_out_notes": len(held_notes & set(notes)),
+                       "spectrum_bands": spectrum_bands, "sensitivity_bands": sensitivity_bands, "hidden": hidden,
+                       "distill_rms_db": None if distill_val is None else round(distill_val, 3),
                        "held_out_objective": round(best, 5), "objective_history": history,
-                       "optimiser_mean_improvement": round(float(np.mean([f.improvement for f in draws
-                                                                          if f.improvement is not None])), 5)}
+                       "optimiser_mean_improvement": round(float(np.mean(improvements)), 5) if improvements else None}
 
 
 def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, notes: int = 600, seed: int = 0,
-        epochs: int = 12, spectrum_bands: int = 32, log=print) -> dict:
+        epochs: int = 12, spectrum_bands: int = 32, sensitivity_bands: int = 32, log=print) -> dict:
     """``timbreclip train-predictor``: draws and fits, training, and the predictor saved beside the model."""
     from timbreclip.neural.model import TimbreCLIP
 
@@ -218,7 +249,8 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
     made = make_draws(model, picked, max(draws, fits), fits, seed, SteeringConfig.offline(), log)
     log(f"{len(made)} draws, {fits} of them fitted, in {time.time() - started:.0f} s")
     predictor, report = train_predictor(model, made, epochs_objective=epochs, seed=seed,
-                                        spectrum_bands=spectrum_bands, log=log)
+                                        spectrum_bands=spectrum_bands, sensitivity_bands=sensitivity_bands,
+                                        log=log)
     path = predictor.save(model_dir)
     report.update({"notes": len(picked), "fit_seconds": round(time.time() - started, 1), "saved": str(path),
                    "vocabulary": list(VOCABULARY)})
