@@ -17,7 +17,7 @@ objective itself; it knows one model's embedding space only, so it is saved besi
 - Output: the steering EQ's unconstrained parameters ``(bands, 3)`` (frequency, gain and Q logits, the layout of
   ``ParametricEQ.from_raw``) as offsets from a flat EQ with the default band layout: a zero output is flat.
 - Used alone (``eq --fast-predict``, the live loop's ``--fast-predict`` updates) or as the optimiser's starting point
-  (``SteeringConfig(init="predict")``: the prediction joins the broad first moves and the best of them starts Adam).
+  (``SteeringConfig(init="predict")``: the prediction, or flat where it scores worse, starts Adam).
 """
 
 from __future__ import annotations
@@ -155,13 +155,15 @@ def spectrum_profile(power: torch.Tensor, sample_rate: float, n_fft: int, bands:
     return (db - db.mean(-1, keepdim=True)) / 20.0
 
 
-def steering_sensitivity(encoder, frontend, power: torch.Tensor, target: torch.Tensor, sample_rate: float,
-                         n_fft: int, bands: int) -> torch.Tensor:
+def steering_sensitivity(encoder, frontend, power: torch.Tensor, target, sample_rate: float, n_fft: int,
+                         bands: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The steering objective's gradient at flat, per log-spaced band: ``power (B, n, bins, frames)`` (B fits of n
-    windows each) and ``target (B, dim)`` -> ``(B, bands + 1)``: the gradient of the cosine distance between the
-    windows' mean embedding and the target with respect to a dB offset in each band over 30 Hz-7.2 kHz, as a unit
-    vector, then ``log10(|gradient|) / 3 + 1`` (its size; about 0.2 for the shipped model). One forward and one
-    backward pass through ``encoder`` (frozen: only the offsets take gradients)."""
+    windows each) and ``target`` (``(B, dim)``, or a function of the flat embeddings ``(B, dim)`` that returns it:
+    the target is then built from this very forward pass) -> ``(sensitivity (B, bands + 1), z_source (B, dim),
+    target (B, dim))``. The sensitivity is the gradient of the cosine distance between the windows' mean embedding
+    and the target with respect to a dB offset in each band over 30 Hz-7.2 kHz, as a unit vector, then
+    ``log10(|gradient|) / 3 + 1`` (its size; about 0.2 for the shipped model). One forward and one backward pass
+    through ``encoder`` (frozen: only the offsets take gradients; the target is held fixed)."""
     mask = (_band_matrix(sample_rate, n_fft, bands, power.device, power.dtype) > 0).to(power.dtype)
     offset_db = torch.zeros(power.shape[0], bands, device=power.device, dtype=power.dtype, requires_grad=True)
     with torch.enable_grad():
@@ -169,10 +171,13 @@ def steering_sensitivity(encoder, frontend, power: torch.Tensor, target: torch.T
         powered = power * gain[:, None, :, None]
         z = encoder(frontend.features_from_power(powered.reshape(-1, *power.shape[2:])))
         z = F.normalize(z.reshape(power.shape[0], power.shape[1], -1).mean(1), dim=-1)
-        distance = 1.0 - (z * target.to(z.dtype)).sum(-1)
+        z_source = z.detach()
+        with torch.no_grad():
+            target = (target(z_source) if callable(target) else target).to(z.dtype)
+        distance = 1.0 - (z * target).sum(-1)
         (grad,) = torch.autograd.grad(distance.sum(), offset_db)
     size = grad.norm(dim=-1, keepdim=True)
-    return torch.cat([grad / (size + 1e-12), torch.log10(size + 1e-12) / 3.0 + 1.0], dim=-1).detach()
+    return torch.cat([grad / (size + 1e-12), torch.log10(size + 1e-12) / 3.0 + 1.0], dim=-1).detach(), z_source, target
 
 
 _LOADED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
@@ -202,17 +207,25 @@ def steering_embeddings(model, windows: torch.Tensor, prompts: dict[str, float],
     return z_source, target
 
 
-def predictor_inputs(model, predictor: SteeringPredictor, power: torch.Tensor, target: torch.Tensor):
-    """``(spectrum, sensitivity)`` for one fit, each ``(1, ...)`` or None where ``predictor`` takes none: from the
-    fit's windows' power spectrograms ``(n, bins, frames)`` and its target ``(dim,)``."""
+def predictor_inputs(model, predictor: SteeringPredictor, power: torch.Tensor, prompts: dict[str, float],
+                     source_weight: float) -> tuple:
+    """Everything one prediction takes, from the fit's windows' power spectrograms ``(n, bins, frames)``:
+    ``(z_source (dim,), target (dim,), spectrum (1, ...) or None, sensitivity (1, ...) or None)``. Where the
+    predictor takes the sensitivity, the embeddings come from its forward pass (one forward and one backward in
+    all); otherwise from one forward pass."""
+    from .steering import steering_encoder, steering_target
+
     fe = model.config.frontend
     power = power.to(predictor.flat_raw.device).float()
     with torch.no_grad():
         profile = predictor.profile(power.mean(0), fe.sample_rate, fe.n_fft)
-    sensitivity = None
+    profile = None if profile is None else profile[None]
+    encoder = steering_encoder(model)
     if predictor.config.sensitivity_bands:
-        from .steering import steering_encoder
-
-        sensitivity = steering_sensitivity(steering_encoder(model), model.frontend, power[None], target[None],
-                                           fe.sample_rate, fe.n_fft, predictor.config.sensitivity_bands)
-    return (None if profile is None else profile[None]), sensitivity
+        sensitivity, z_source, target = steering_sensitivity(
+            encoder, model.frontend, power[None], lambda z: steering_target(model, z[0], prompts, source_weight)[None],
+            fe.sample_rate, fe.n_fft, predictor.config.sensitivity_bands)
+        return z_source[0], target[0], profile, sensitivity
+    with torch.no_grad():
+        z_source = F.normalize(encoder(model.frontend.features_from_power(power)).mean(0), dim=-1)
+        return z_source, steering_target(model, z_source, prompts, source_weight), profile, None

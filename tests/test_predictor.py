@@ -127,7 +127,8 @@ def test_steering_sensitivity_is_the_objectives_gradient_per_band(setup):
     power = fe.power(windows)
     _, target = steering_embeddings(model, windows, {"bright": 1.0}, 0.5)
     bands = 8
-    s = steering_sensitivity(encoder, fe, power[None], target[None], cfg.sample_rate, cfg.n_fft, bands)[0]
+    s, z_flat, _ = steering_sensitivity(encoder, fe, power[None], target[None], cfg.sample_rate, cfg.n_fft, bands)
+    s = s[0]
     assert s.shape == (bands + 1,) and abs(float(s[:bands].norm()) - 1.0) < 1e-5
     grad = s[:bands] * 10 ** ((s[bands] - 1.0) * 3.0)
     mask = (_band_matrix(cfg.sample_rate, cfg.n_fft, bands, "cpu", torch.float32) > 0).float()
@@ -152,3 +153,20 @@ def test_steering_sensitivity_is_the_objectives_gradient_per_band(setup):
         predictor(z, z, profile)
     a, b = (predictor(z, z, profile, torch.eye(33)[k:k + 1]) for k in (0, 20))
     assert not torch.allclose(a, b)  # the sensitivity reaches the output
+
+
+def test_predictor_inputs_share_one_pass_with_the_embeddings(setup):
+    """Where the predictor takes the sensitivity, the embeddings come from its forward pass: the same values as
+    the plain embedding pass."""
+    from timbreclip.neural.predictor import predictor_inputs, steering_embeddings
+
+    model_dir, _, _ = setup
+    model = TimbreCLIP.load(model_dir)
+    predictor = find_predictor(model)
+    windows = torch.from_numpy(prepare_audio(_tone(330), 16000, model.config.frontend))
+    z_plain, target_plain = steering_embeddings(model, windows, {"warm": 1.0, "airy": 0.5}, 0.4)
+    z, target, profile, sensitivity = predictor_inputs(model, predictor, model.frontend.power(windows),
+                                                       {"warm": 1.0, "airy": 0.5}, 0.4)
+    torch.testing.assert_close(z, z_plain, atol=1e-5, rtol=0)
+    torch.testing.assert_close(target, target_plain, atol=1e-5, rtol=0)
+    assert profile.shape == (1, 32) and sensitivity.shape == (1, 33)

@@ -401,7 +401,7 @@ def _add_eq(sub) -> None:
                    help="how much of the fitted curve to apply (0 flat, 1 the fit, up to 1.5; default 1)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:N or auto (default cpu)")
     p.add_argument("--init", choices=("broad", "flat", "predict"), help="start from the best broad move (fast "
-                   "default), flat (--paper), or the best of those and the one-pass predictor's EQ (predict)")
+                   "default), flat (--paper), or the one-pass predictor's EQ where it scores better than flat (predict)")
     p.add_argument("--fast-predict", action="store_true",
                    help="no optimisation: the one-pass steering predictor's EQ (milliseconds; needs a predictor "
                         "beside the model, as the shipped model has)")

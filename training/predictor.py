@@ -143,7 +143,7 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
         started = time.time()
         sensitivities = torch.cat([
             steering_sensitivity(encoder, fe, powers[power_row[s:s + 32]][:, None], targets[s:s + 32],
-                                 fe_cfg.sample_rate, fe_cfg.n_fft, sensitivity_bands)
+                                 fe_cfg.sample_rate, fe_cfg.n_fft, sensitivity_bands)[0]
             for s in range(0, len(draws), 32)])
         log(f"steering sensitivities of {len(draws)} draws in {time.time() - started:.0f} s")
 
