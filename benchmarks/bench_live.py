@@ -8,7 +8,10 @@ The peer row ``server`` is the same JACK dummy server with no client at all, for
 reports with nothing to run are what the machine itself costs, the floor the loop's own count is read against.
 
     python benchmarks/bench_live.py [--json] [--seconds 60] [--blocks 64 128 256] [--modes server off process thread]
-        [--update-every 0.5]
+        [--callbacks native python] [--update-every 0.5]
+
+``--callbacks``: the loop's compiled callback (``native``, the default: PortAudio calls it directly, no GIL) and
+sounddevice's Python callback (``python``, the peer it replaced) are run side by side, each mode and block size.
 
 Goals (issue 12): at 128 frames with steering every 0.5 s, callback p99 under 10% of the block period and zero
 xruns in 60 s; update latency p95 under 0.5 s.
@@ -55,11 +58,12 @@ def run_server_alone(block: int, seconds: float) -> dict:
             "cpu_steal_ms": None if steal is None or steal_end is None else steal_end - steal}
 
 
-def run_one(block: int, mode: str, seconds: float, update_every: float, source: str) -> dict:
+def run_one(block: int, mode: str, seconds: float, update_every: float, source: str, callback: str = "native") -> dict:
     with JackServer(rate=RATE, period=block) as server:
         refresh_audio()
         config = LiveConfig(prompts={"bright": 1.0}, sample_rate=RATE, channels=2, blocksize=block,
-                            update_every_s=update_every, worker=mode, model_dir=str(default_model_path()))
+                            update_every_s=update_every, worker=mode, model_dir=str(default_model_path()),
+                            callback=callback)
         before = server.xruns()
         with contextlib.redirect_stdout(sys.stderr):  # the loop's progress lines; stdout stays the report (--json)
             run = run_live(config, play=source, duration_s=seconds, read_stdin=False, interactive=False)
@@ -82,6 +86,8 @@ def main() -> None:
     parser.add_argument("--modes", nargs="+", default=["server", "off", "process"],
                         choices=("server", "off", "process", "thread"),
                         help="server: the JACK server alone, no client (the peer); off: the loop without steering")
+    parser.add_argument("--callbacks", nargs="+", default=["native"], choices=("native", "python"),
+                        help="the audio callbacks to run (native: compiled; python: sounddevice's, the peer)")
     parser.add_argument("--update-every", type=float, default=0.5)
     args = parser.parse_args()
     if args.table_from:
@@ -97,10 +103,12 @@ def main() -> None:
         source = test_signal(os.path.join(tmp, "tone.wav"))
         for block in args.blocks:
             for mode in args.modes:
-                row = run_server_alone(block, args.seconds) if mode == "server" else \
-                    run_one(block, mode, args.seconds, args.update_every, source)
-                rows.append(row)
-                print(f"done {block} frames, steering {mode}", file=sys.stderr, flush=True)
+                for callback in (None,) if mode == "server" else args.callbacks:
+                    row = run_server_alone(block, args.seconds) if mode == "server" else \
+                        run_one(block, mode, args.seconds, args.update_every, source, callback)
+                    rows.append(row)
+                    print(f"done {block} frames, steering {mode}" + (f", {callback} callback" if callback else ""),
+                          file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -110,20 +118,20 @@ def main() -> None:
 def print_table(rows: list[dict]) -> None:
     """The README's table; "longest gap" is the most time from one callback's start to the next's (a late start,
     while the callback's own time stays short, is time the thread waited for a CPU or the GIL)."""
-    print("| frames | period | steering | callback p50 / p99 / max (us) | p99 share | longest gap | "
+    print("| frames | period | steering | callback | callback p50 / p99 / max (us) | p99 share | longest gap | "
           "xruns (stream / server) | updates | update latency p50 / p95 (s) | process CPU | CPU steal |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r["mode"] == "server":
             print(f"| {r['block_frames']} | {r['block_period_us'] / 1000:.2f} ms | peer: the server alone | - | - | "
-                  f"- | - / {r['server_xruns']} | - | - | - | {r['cpu_steal_ms']:.0f} ms |")
+                  f"- | - | - / {r['server_xruns']} | - | - | - | {r['cpu_steal_ms']:.0f} ms |")
             continue
         us, lat = r["callback_us"], r["update_latency_s"]
         lat_text = f"{lat['p50']:.3f} / {lat['p95']:.3f}" if lat["p50"] is not None else "-"
         gap = (r.get("callback_gap_us") or {}).get("max")
         gap_text = f"{gap / 1000:.1f} ms" if gap is not None else "-"
         print(f"| {r['block_frames']} | {r['block_period_us'] / 1000:.2f} ms | {r['mode']} | "
-              f"{us['p50']:.0f} / {us['p99']:.0f} / {us['max']:.0f} | {r['callback_load_p99']:.1%} | {gap_text} | "
+              f"{r.get('callback', 'python')} | {us['p50']:.0f} / {us['p99']:.0f} / {us['max']:.0f} | {r['callback_load_p99']:.1%} | {gap_text} | "
               f"{r['xruns']} / {r['server_xruns']} | {r['updates']} | {lat_text} | "
               f"{r['process_cpu_percent']:.1f}% | {r['cpu_steal_ms']:.0f} ms |")
 

@@ -34,7 +34,7 @@ from timbreclip.dsp.audio_io import read_audio
 from timbreclip.dsp.descriptors import low_energy_share, spectral_centroid_hz
 from timbreclip.dsp.loudness import loudness_lufs
 from timbreclip.neural.frontend import prepare_audio
-from timbreclip.neural.steering import CURVE_HIGH_HZ, CURVE_LOW_HZ, SteeringConfig, steer
+from timbreclip.neural.steering import CURVE_HIGH_HZ, CURVE_LOW_HZ, SteeringConfig, steer, steering_objective
 from timbreclip.training.data import split_validation
 from timbreclip.training.evaluation import training_split
 from timbreclip.library.patchfolder import read_patch_folder
@@ -117,16 +117,18 @@ def predictor_table(model, clips, fe, args, by_fit) -> dict:
             windows = torch.from_numpy(prepare_audio(audio, rate, fe))
             # with the embeddings: the STFT, the embeddings and the predictor's other inputs (its spectral profile,
             # and the objective's gradient at flat where it takes one: one forward and one backward in all), then
-            # the network; the pass alone: the network on those inputs
+            # the prediction; the pass alone: the prediction on those inputs (the network, and where the predictor
+            # has a second step, its probe of the objective: one more forward and backward, and the second network)
             t0 = time.perf_counter()
             with torch.no_grad():
                 power = model.frontend.power(windows)
             z_source, target, profile, sensitivity = predictor_inputs(model, predictor, power, {prompt: 1.0},
                                                                       args.source_weight)
+            objective = steering_objective(model, power, target, config)
             with torch.no_grad():
-                predictor(z_source[None], target[None], profile, sensitivity)
+                predictor.predict(z_source[None], target[None], profile, sensitivity, objective, fe.sample_rate)
                 t1 = time.perf_counter()
-                predictor(z_source[None], target[None], profile, sensitivity)
+                predictor.predict(z_source[None], target[None], profile, sensitivity, objective, fe.sample_rate)
             t2 = time.perf_counter()
             pass_ms.append(1000 * (t2 - t1))
             full_ms.append(1000 * (t1 - t0))
@@ -146,7 +148,7 @@ def predictor_table(model, clips, fe, args, by_fit) -> dict:
         rows[prompt] = {"notes": len(moved), "moved_right_way_percent": round(100 * float(np.mean(moved)), 1),
                         "median_improvement": round(float(np.median(gains)), 4),
                         "fast_median_improvement": round(float(np.median(fast_gains)), 4) if fast_gains else None}
-    return {"fits": len(pass_ms), "median_pass_ms": float(np.median(pass_ms)),
+    return {"fits": len(pass_ms), "second_step": predictor.refiner is not None, "median_pass_ms": float(np.median(pass_ms)),
             "p95_pass_ms": float(np.percentile(pass_ms, 95)),
             "median_with_embeddings_ms": float(np.median(full_ms)),
             "p95_with_embeddings_ms": float(np.percentile(full_ms, 95)),
@@ -327,7 +329,8 @@ def main() -> None:
                  if "improvement_share_of_surgical_percent" in g else ""))
     if predictor_report:
         c = predictor_report
-        print(f"one-pass predictor on {c['fits']} fits: {c['median_pass_ms']:.2f} ms per pass of the network (p95 "
+        print(f"one-pass predictor on {c['fits']} fits: {c['median_pass_ms']:.2f} ms per prediction "
+              f"({'the network, the probe and the second step' if c['second_step'] else 'the network'}; p95 "
               f"{c['p95_pass_ms']:.2f}), {c['median_with_embeddings_ms']:.1f} ms with the STFT, embeddings and its "
               f"other inputs (p95 "
               f"{c['p95_with_embeddings_ms']:.1f}); median share of the fast optimiser's cosine improvement "

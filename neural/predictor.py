@@ -16,6 +16,12 @@ objective itself; it knows one model's embedding space only, so it is saved besi
   words, which the embeddings alone leave the network to guess.
 - Output: the steering EQ's unconstrained parameters ``(bands, 3)`` (frequency, gain and Q logits, the layout of
   ``ParametricEQ.from_raw``) as offsets from a flat EQ with the default band layout: a zero output is flat.
+- A learned second step, where ``refine_hidden`` > 0: the steering objective is probed once at the first answer (one
+  forward and one backward pass through the frozen encoder: the objective, the embedding of the EQ'd sound, and the
+  gradient with respect to the EQ's parameters), and a second small network maps that probe, with the first
+  network's hidden features, to a correction of the parameters. It is trained on the objective after the correction
+  (``training/predictor.py``), so it learns where one look at the objective's slope should take the EQ: an
+  amortised optimiser step, not Adam's fixed rule.
 - Used alone (``eq --fast-predict``, the live loop's ``--fast-predict`` updates) or as the optimiser's starting point
   (``SteeringConfig(init="predict")``: the prediction, or flat where it scores worse, starts Adam).
 """
@@ -49,6 +55,7 @@ class PredictorConfig:
     model_fingerprint: str = ""  # the TimbreCLIP model whose space it learnt
     spectrum_bands: int = 0  # the source's spectral profile as input (0: embeddings only, the first predictor)
     sensitivity_bands: int = 0  # the objective's gradient at flat per log band as input (0: none)
+    refine_hidden: int = 0  # width of the learned second step (0: one network, no probe of the objective)
 
 
 class SteeringPredictor(nn.Module):
@@ -61,6 +68,14 @@ class SteeringPredictor(nn.Module):
                                  nn.Linear(config.hidden, 3 * config.bands))
         nn.init.zeros_(self.net[-1].weight)  # starts flat
         nn.init.zeros_(self.net[-1].bias)
+        self.refiner = None
+        if config.refine_hidden:
+            size = config.hidden + config.dim + 3 * config.bands + Probe.FEATURES(config.bands)
+            self.refiner = nn.Sequential(nn.Linear(size, config.refine_hidden), nn.GELU(),
+                                         nn.Linear(config.refine_hidden, config.refine_hidden), nn.GELU(),
+                                         nn.Linear(config.refine_hidden, 3 * config.bands))
+            nn.init.zeros_(self.refiner[-1].weight)  # starts as the first answer
+            nn.init.zeros_(self.refiner[-1].bias)
         flat = ParametricEQ(16000.0, ranges=self.ranges())
         self.register_buffer("flat_raw", flat.raw().detach().clone())
 
@@ -70,7 +85,13 @@ class SteeringPredictor(nn.Module):
     def forward(self, z_source: torch.Tensor, z_target: torch.Tensor, spectrum: torch.Tensor | None = None,
                 sensitivity: torch.Tensor | None = None) -> torch.Tensor:
         """``(B, dim)`` x 2 (and ``(B, spectrum_bands)``, see ``spectrum_profile``; ``(B, sensitivity_bands + 1)``,
-        see ``steering_sensitivity``) -> raw EQ parameters ``(B, bands, 3)``."""
+        see ``steering_sensitivity``) -> raw EQ parameters ``(B, bands, 3)`` of the first network (no second step:
+        see ``predict``)."""
+        return self.first_pass(z_source, z_target, spectrum, sensitivity)[0]
+
+    def first_pass(self, z_source: torch.Tensor, z_target: torch.Tensor, spectrum: torch.Tensor | None = None,
+                   sensitivity: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The first network: ``(raw (B, bands, 3), hidden features (B, hidden))`` (the second step reads both)."""
         parts = [z_source, z_target, z_target - z_source]
         for name, value, size in (("spectral profile", spectrum, self.config.spectrum_bands),
                                   ("steering sensitivity", sensitivity,
@@ -79,8 +100,26 @@ class SteeringPredictor(nn.Module):
                 if value is None or value.shape[-1] != size:
                     raise TimbreclipError(f"this steering predictor needs the source's {name} ({size} values)")
                 parts.append(value.to(z_source.dtype))
-        x = torch.cat(parts, dim=-1)
-        return self.flat_raw + self.net(x).reshape(-1, self.config.bands, 3)
+        hidden = self.net[:-1](torch.cat(parts, dim=-1))
+        return self.flat_raw + self.net[-1](hidden).reshape(-1, self.config.bands, 3), hidden
+
+    def refine(self, raw: torch.Tensor, hidden: torch.Tensor, z_target: torch.Tensor, probe: "Probe") -> torch.Tensor:
+        """The second step: the first answer ``raw`` corrected from the objective probed there (see ``probe``)."""
+        x = torch.cat([hidden, z_target - probe.z, (raw - self.flat_raw).flatten(1), probe.features()], dim=-1)
+        return raw + self.refiner(x).reshape(-1, self.config.bands, 3)
+
+    def predict(self, z_source: torch.Tensor, z_target: torch.Tensor, spectrum: torch.Tensor | None = None,
+                sensitivity: torch.Tensor | None = None, objective=None, sample_rate: float = 16000.0) -> torch.Tensor:
+        """Raw EQ parameters ``(B, bands, 3)``: the first network's answer, and where this predictor has a second
+        step, that answer corrected after one probe of ``objective`` (a function of a batched ``ParametricEQ`` in
+        this predictor's ranges at ``sample_rate`` -> ``(objective (B,), cosine distance (B,), normalised
+        embedding (B, dim))``, as ``steer`` builds it)."""
+        raw, hidden = self.first_pass(z_source, z_target, spectrum, sensitivity)
+        if self.refiner is None:
+            return raw
+        if objective is None:
+            raise TimbreclipError("this steering predictor's second step needs the steering objective to probe")
+        return self.refine(raw, hidden, z_target, probe(self, raw, objective, sample_rate))
 
     def eq(self, z_source: torch.Tensor, z_target: torch.Tensor, sample_rate: float,
            spectrum: torch.Tensor | None = None, sensitivity: torch.Tensor | None = None) -> ParametricEQ:
@@ -126,6 +165,43 @@ class SteeringPredictor(nn.Module):
         predictor.load_state_dict(state)
         predictor.eval()
         return predictor
+
+
+@dataclass
+class Probe:
+    """The steering objective looked at once, at EQ parameters ``raw (B, bands, 3)``: the normalised embedding of
+    the EQ'd sound ``z (B, dim)``, the objective and the cosine distance ``(B,)``, and the objective's gradient with
+    respect to ``raw`` ``(B, bands, 3)``."""
+
+    z: torch.Tensor
+    objective: torch.Tensor
+    distance: torch.Tensor
+    grad: torch.Tensor
+
+    @staticmethod
+    def FEATURES(bands: int) -> int:
+        return 3 * bands + 3
+
+    def features(self) -> torch.Tensor:
+        """``(B, 3 bands + 3)``: the gradient's direction (unit norm), the log of its size (as in
+        ``steering_sensitivity``), the objective and the distance."""
+        g = self.grad.flatten(1)
+        size = g.norm(dim=-1, keepdim=True)
+        return torch.cat([g / (size + 1e-12), torch.log10(size + 1e-12) / 3.0 + 1.0, self.objective[:, None],
+                          self.distance[:, None]], dim=-1).to(self.z.dtype)
+
+    def select(self, idx) -> "Probe":
+        return Probe(self.z[idx], self.objective[idx], self.distance[idx], self.grad[idx])
+
+
+def probe(predictor: SteeringPredictor, raw: torch.Tensor, objective, sample_rate: float) -> Probe:
+    """One forward and one backward pass of ``objective`` (see ``SteeringPredictor.predict``) at ``raw``; nothing
+    upstream of ``raw`` takes gradients."""
+    at = raw.detach().clone().requires_grad_(True)
+    with torch.enable_grad():
+        value, distance, z = objective(ParametricEQ.from_raw(sample_rate, at, DEFAULT_BAND_TYPES, predictor.ranges()))
+        (grad,) = torch.autograd.grad(value.sum(), at)
+    return Probe(z.detach(), value.detach(), distance.detach(), grad.detach())
 
 
 PROFILE_LOW_HZ, PROFILE_HIGH_HZ = 30.0, 7200.0

@@ -108,11 +108,11 @@ def _broad_eq(eq: ParametricEQ) -> ParametricEQ:
 
 
 def _predicted(predictor, z_source, target, sample_rate: float, ranges: BandRanges, profile,
-               sensitivity) -> ParametricEQ:
-    """The predictor's EQ for this fit (its inputs from ``predictor_inputs``) as a plain (trainable)
-    ``ParametricEQ`` in the fit's ranges."""
+               sensitivity, objective) -> ParametricEQ:
+    """The predictor's EQ for this fit (its inputs from ``predictor_inputs``; ``objective`` for its second step,
+    where it has one) as a plain (trainable) ``ParametricEQ`` in the fit's ranges."""
     with torch.no_grad():
-        raw = predictor(z_source[None], target[None], profile, sensitivity)[0]
+        raw = predictor.predict(z_source[None], target[None], profile, sensitivity, objective, sample_rate)[0]
     eq = ParametricEQ(sample_rate, ranges=ranges).to(raw.device)
     with torch.no_grad():  # the predictor's own ranges may differ: go through physical values
         guess = ParametricEQ.from_raw(sample_rate, raw[None], eq.band_types, predictor.ranges())
@@ -220,6 +220,26 @@ def check_weights(prompts: dict[str, float], source_weight: float) -> None:
         raise TimbreclipError("every prompt weight is 0: give at least one prompt a positive weight")
 
 
+def steering_objective(model, power: torch.Tensor, target: torch.Tensor, config: SteeringConfig):
+    """The objective of one fit on the power spectrograms ``power (n, bins, frames)`` of its windows: a function of
+    a (possibly batched) ``ParametricEQ`` of K EQs -> ``(objective (K,), cosine distance (K,), normalised
+    embedding (K, dim))``, through the BatchNorm-folded encoder."""
+    fe, fe_cfg = model.frontend, model.config.frontend
+    encoder = steering_encoder(model)
+    regulariser = Regulariser(config, fe_cfg, power.device)
+    spectrum = power.mean(dim=(0, 2))  # the source's mean power per bin (the level term)
+
+    def objective(eq: ParametricEQ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        gains = eq.gain_on_grid(fe_cfg.n_fft).reshape(-1, power.shape[1])  # (K, bins)
+        powered = (power[None] * gains[:, None, :, None]).reshape(-1, *power.shape[1:])
+        z = encoder(fe.features_from_power(powered)).reshape(len(gains), len(power), -1).mean(1)
+        z = F.normalize(z, dim=-1)
+        distance = 1.0 - z @ target
+        return distance + regulariser(eq, gains, spectrum), distance, z
+
+    return objective
+
+
 def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight: float = 0.5,
           config: SteeringConfig = SteeringConfig(), start: EQSettings | None = None,
           predictor=None) -> SteeringResult:
@@ -253,21 +273,11 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
             target = steering_target(model, z_source, prompts, source_weight)
     ranges = steering_ranges(config)
     eq = ParametricEQ(fe_cfg.sample_rate, ranges=ranges).to(device)
-    regulariser = Regulariser(config, fe_cfg, device)
-    spectrum = power.mean(dim=(0, 2))  # the source's mean power per bin (the level term)
-
-    def objective(eq: ParametricEQ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Objective and cosine distance of each EQ of a (possibly batched) ``eq``: ``(K,)`` each."""
-        gains = eq.gain_on_grid(fe_cfg.n_fft).reshape(-1, power.shape[1])  # (K, bins)
-        powered = (power[None] * gains[:, None, :, None]).reshape(-1, *power.shape[1:])
-        z = encoder(fe.features_from_power(powered)).reshape(len(gains), len(power), -1).mean(1)
-        distance = 1.0 - F.normalize(z, dim=-1) @ target
-        return distance + regulariser(eq, gains, spectrum), distance
-
+    objective = steering_objective(model, power, target, config)
     with torch.no_grad():
-        obj0, dist0 = (float(v[0]) for v in objective(eq))  # flat: every mode's improvement is measured from here
+        obj0, dist0 = (float(v[0]) for v in objective(eq)[:2])  # flat: every mode's improvement is measured from here
     if config.init == "predict" and config.steps == 0:  # the prediction alone: one forward pass
-        eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity)
+        eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity, objective)
     elif start is not None and tuple(b.type for b in start.bands) == eq.band_types:
         eq = ParametricEQ.from_settings(start, fe_cfg.sample_rate, ranges).to(device)
     elif config.init in ("broad", "predict"):
@@ -276,7 +286,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
                 # 0.3 s budget and reached less (90.4% against 92.4% of the full fit's gain on 24 validation fits)
                 moves = ParametricEQ(fe_cfg.sample_rate, eq.band_types, eq.ranges, batch_size=1).to(device)
                 moves = _stack(moves, _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile,
-                                                 sensitivity))
+                                                 sensitivity, objective))
             else:
                 moves = _broad_eq(eq).to(device)
             scores = torch.cat([objective(moves.select([i]))[0] for i in range(len(moves.gain_db))]) \
@@ -300,7 +310,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         if config.schedule == "cosine":
             for g in opt.param_groups:
                 g["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / config.steps))
-        losses, _ = objective(eq)
+        losses = objective(eq)[0]
         value = float(losses.detach().min())
         if value < best - config.tolerance:  # remember these parameters (the ones the loss was measured at)
             best, since = value, 0
@@ -319,7 +329,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         final = objective(eq)[0]
         if final.numel() > 1:
             eq = eq.select(int(final.argmin()))
-        obj1, dist1 = (float(v[0]) for v in objective(eq))
+        obj1, dist1 = (float(v[0]) for v in objective(eq)[:2])
     return SteeringResult(eq, obj0, obj1, dist0, dist1, done, time.perf_counter() - started)
 
 

@@ -111,6 +111,7 @@ class LiveConfig:
     worker: str = "process"  # "process", "thread" (or "inline": the offline clock)
     time_budget_s: float | None = None  # per update; default: 0.6 x update_every, at most 0.35 s
     glide_s: float = 0.020
+    callback: str = "native"  # "native": PortAudio calls compiled code (native.py); "python": sounddevice's callback
 
     def budget(self) -> float:
         return self.time_budget_s if self.time_budget_s is not None else min(0.35, 0.6 * self.update_every_s)
@@ -144,8 +145,8 @@ class LiveEQ:
         # audio thread records (preallocated; the control thread drains them)
         self.block_start = np.zeros(TIMING_SLOTS, np.float64)
         self.block_us = np.zeros(TIMING_SLOTS, np.float64)
-        self.blocks = 0
-        self.xruns = 0
+        self.block_seq = np.zeros(TIMING_SLOTS, np.int64)  # the coefficient set each block played (its sequence no.)
+        self.audio_counts = np.zeros(2, np.int64)  # blocks, xruns: arrays, so a native callback can count too
         self.xrun_flags = np.zeros(5, np.int64)  # input underflow, input overflow, output underflow/overflow, priming
         self.xrun_blocks = np.full(16, -1, np.int64)  # the block indices of the first 16 xruns (diagnostics)
         # control state
@@ -167,21 +168,34 @@ class LiveEQ:
         self.cpu_percent: float | None = None  # this process's CPU while the stream ran, % of one core
 
     # -- the audio thread -----------------------------------------------------------------------------------
+    @property
+    def blocks(self) -> int:
+        """Blocks played so far (the audio thread's count)."""
+        return int(self.audio_counts[0])
+
+    @property
+    def xruns(self) -> int:
+        """Blocks the stream flagged (under/overflow, priming)."""
+        return int(self.audio_counts[1])
+
     def audio_block(self, src: np.ndarray, dst: np.ndarray, now: float) -> None:
-        """One block: ``src``/``dst`` ``(channels, frames)`` float32 (``indata.T``/``outdata.T``)."""
+        """One block: ``src``/``dst`` ``(channels, frames)`` float32 (``indata.T``/``outdata.T``). The Python face
+        of the callback (the offline clock, ``--callback python``); ``native.py`` is the same steps compiled."""
         self.ring.write(src, now)
         self.cascade.process(src, out=dst)
-        i = self.blocks
-        k = i & (TIMING_SLOTS - 1)
+        counts = self.audio_counts
+        k = counts[0] & (TIMING_SLOTS - 1)
         self.block_start[k] = now
         self.block_us[k] = (time.perf_counter() - now) * 1e6
-        self.blocks = i + 1
+        self.block_seq[k] = self.cascade.counters[1]
+        counts[0] += 1
 
     def note_status(self, status) -> None:
         """Count a stream's status flags as one xrun (audio thread: integer increments only)."""
-        if self.xruns < 16:
-            self.xrun_blocks[self.xruns] = self.blocks
-        self.xruns += 1
+        counts = self.audio_counts
+        if counts[1] < 16:
+            self.xrun_blocks[counts[1]] = counts[0]
+        counts[1] += 1
         if status.input_underflow:
             self.xrun_flags[0] += 1
         if status.input_overflow:
@@ -288,6 +302,7 @@ class LiveEQ:
         period_us = self.config.blocksize / self.rate * 1e6
         lat = np.asarray(self.stats.latencies_s)
         return {
+            "callback": self.config.callback,
             "callbacks": int(self.blocks),
             "xruns": int(self.xruns),
             "xrun_flags": dict(zip(("input_underflow", "input_overflow", "output_underflow", "output_overflow",

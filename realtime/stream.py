@@ -107,13 +107,28 @@ class _Display:
             self._rich.stop()
 
 
-def open_stream(live: LiveEQ, input_device: int | None, output_device: int | None, source: LoopedFile | None = None):
-    """The sounddevice stream whose callback runs ``live.audio_block``: duplex from ``input_device``, or output
-    only with ``source`` (a looped file) as the input. Not started."""
+def open_stream(live: LiveEQ, input_device: int | None, output_device: int | None, source: LoopedFile | None = None,
+                callback: str = "native"):
+    """The sounddevice stream that plays ``live``: duplex from ``input_device``, or output only with ``source`` (a
+    looped file) as the input. Not started. ``callback``: "native" (default: PortAudio calls the compiled callback
+    of ``native.py`` directly: no GIL, no Python objects per block) or "python" (sounddevice's Python callback
+    running ``live.audio_block``: the peer the benchmark measures it against)."""
     import sounddevice as sd
     from time import perf_counter
 
     config = live.config
+    if callback == "native":
+        from .native import NativeCallback
+
+        native = NativeCallback(live, source)
+        kind, device = ("output", output_device) if source is not None else ("duplex", (input_device, output_device))
+        stream = sd._StreamBase(kind=kind, samplerate=config.sample_rate, blocksize=config.blocksize, device=device,
+                                channels=config.channels, dtype="float32", callback=native.address,
+                                userdata=sd._ffi.cast("void *", native.user_data))
+        stream._timbreclip_native = native  # the arrays the callback writes live as long as the stream
+        return stream
+    if callback != "python":
+        raise ValueError(f"callback must be 'native' or 'python', got {callback!r}")
     if source is None:
         def callback(indata, outdata, frames, time_info, status):
             now = perf_counter()
@@ -175,7 +190,7 @@ def run_live(config: LiveConfig, input_device=None, output_device=None, play: st
         live.publish()
         live.drain_timing()  # the control loop's own first calls, before the stream needs the GIL
 
-        stream = open_stream(live, in_dev, out_dev, source)
+        stream = open_stream(live, in_dev, out_dev, source, config.callback)
 
         def on_signal(signum, frame):
             stop.append("stopped (SIGTERM)" if signum == signal.SIGTERM else "stopped")

@@ -170,3 +170,82 @@ def test_predictor_inputs_share_one_pass_with_the_embeddings(setup):
     torch.testing.assert_close(z, z_plain, atol=1e-5, rtol=0)
     torch.testing.assert_close(target, target_plain, atol=1e-5, rtol=0)
     assert profile.shape == (1, 32) and sensitivity.shape == (1, 33)
+
+
+def test_the_second_step_probes_the_objective_and_corrects_the_first_answer(setup):
+    """The trained predictor (``run`` trains a second step by default) probes the steering objective once at its
+    first answer: the probe's gradient is the objective's (central differences), the correction changes the
+    answer, and steer's prediction is the corrected one."""
+    from timbreclip.dsp.parametric_eq import DEFAULT_BAND_TYPES, ParametricEQ
+    from timbreclip.neural.predictor import predictor_inputs, probe
+    from timbreclip.neural.steering import steering_objective
+
+    model_dir, _, report = setup
+    model = TimbreCLIP.load(model_dir)
+    predictor = find_predictor(model)
+    assert predictor.refiner is not None and predictor.config.refine_hidden == 128
+    assert report["held_out_objective_refined"] <= report["held_out_objective_first_answer"]
+    windows = torch.from_numpy(prepare_audio(_tone(196, bright=0.5), 16000, model.config.frontend))
+    power = model.frontend.power(windows)
+    config = SteeringConfig.offline(init="predict", steps=0)
+    z, target, profile, sensitivity = predictor_inputs(model, predictor, power, {"bright": 1.0}, 0.5)
+    objective = steering_objective(model, power, target, config)
+    with pytest.raises(TimbreclipError, match="second step needs the steering objective"):
+        predictor.predict(z[None], target[None], profile, sensitivity)
+    with torch.no_grad():
+        first = predictor(z[None], target[None], profile, sensitivity)
+        second = predictor.predict(z[None], target[None], profile, sensitivity, objective, 16000.0)
+    assert not torch.allclose(first, second)
+
+    p = probe(predictor, first, objective, 16000.0)
+    assert p.grad.shape == first.shape and p.z.shape == (1, model.dim)
+
+    def value(raw):
+        with torch.no_grad():
+            return float(objective(ParametricEQ.from_raw(16000.0, raw, DEFAULT_BAND_TYPES, predictor.ranges()))[0])
+
+    assert abs(value(first) - float(p.objective[0])) < 1e-6
+    worst = float(p.grad.abs().max())
+    for band, k in ((0, 1), (3, 1), (7, 1), (2, 0), (5, 2)):  # gain, frequency and Q logits
+        step = torch.zeros_like(first)
+        step[0, band, k] = 1e-3
+        numeric = (value(first + step) - value(first - step)) / 2e-3
+        assert abs(numeric - float(p.grad[0, band, k])) <= 0.05 * worst + 1e-5, (band, k)
+
+    result = steer(model, windows, {"bright": 1.0}, 0.5, config, predictor=predictor)
+    expected = ParametricEQ.from_raw(16000.0, second, DEFAULT_BAND_TYPES, predictor.ranges())
+    torch.testing.assert_close(result.eq.gain_db.detach().float(), expected.gain_db[0].detach().float(),
+                               atol=1e-4, rtol=0)
+
+
+def test_refine_only_keeps_the_first_network_and_old_files_load(setup, tmp_path):
+    """``--refine-only`` trains the second step on top of the predictor beside the model and leaves its first
+    network bit-identical; a predictor file saved without a second step still loads and predicts in one pass."""
+    import shutil
+
+    model_dir, data, _ = setup
+    work = tmp_path / "m"
+    shutil.copytree(model_dir, work)
+    model = TimbreCLIP.load(work)
+    one_step = SteeringPredictor.load(work, model)
+    plain = SteeringPredictor(type(one_step.config)(**{**one_step.config.__dict__, "refine_hidden": 0}))
+    plain.load_state_dict({k: v for k, v in one_step.state_dict().items() if not k.startswith("refiner.")})
+    plain.save(work)
+    reloaded = SteeringPredictor.load(work, model)
+    assert reloaded.refiner is None and reloaded.config.refine_hidden == 0
+    z = torch.randn(1, model.dim)
+    extra = (torch.zeros(1, 32), torch.zeros(1, 33))
+    with torch.no_grad():
+        torch.testing.assert_close(reloaded.predict(z, z, *extra), plain(z, z, *extra))
+
+    from timbreclip.training.predictor import run
+
+    report = run(str(work), [str(data)], draws=30, notes=12, seed=1, epochs=2, refine_hidden=16, refine_only=True,
+                 log=lambda *a: None)
+    after = SteeringPredictor.load(work, model)
+    assert after.config.refine_hidden == 16 and report["refine_epochs"] == 2
+    for k, v in plain.state_dict().items():
+        assert torch.equal(after.state_dict()[k], v), k
+    bare = save_tiny_model(tmp_path / "bare", seed=3)
+    with pytest.raises(TimbreclipError, match="no steering predictor"):
+        run(str(bare), [str(data)], draws=30, notes=12, refine_only=True, log=lambda *a: None)

@@ -290,6 +290,14 @@ def _add_train_predictor(sub) -> None:
     p.add_argument("--sensitivity-bands", type=_number("--sensitivity-bands", 0, 128, integer=True), default=32,
                    help="bands of the steering objective's gradient at flat the predictor also takes (one backward "
                         "pass through the encoder per prediction; default 32; 0: none)")
+    p.add_argument("--refine-hidden", type=_number("--refine-hidden", 0, 4096, integer=True), default=128,
+                   help="width of the learned second step, which probes the objective once at the first answer "
+                        "and corrects it (one more forward and backward pass per prediction; default 128; 0: none)")
+    p.add_argument("--refine-epochs", type=_number("--refine-epochs", 1, 10_000, integer=True), default=None,
+                   help="epochs of the second step (default: --epochs)")
+    p.add_argument("--refine-only", action="store_true",
+                   help="keep the first network of the predictor already beside the model; train the second "
+                        "step only")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_train_predictor)
 
@@ -298,10 +306,13 @@ def _run_train_predictor(args) -> int:
     from timbreclip.training.predictor import run
 
     report = run(args.model, args.data, fits=args.fits, draws=args.draws, notes=args.notes, seed=args.seed,
-                 epochs=args.epochs, spectrum_bands=args.spectrum_bands, sensitivity_bands=args.sensitivity_bands)
-    print(f"steering predictor saved to {report['saved']}: held-out objective {report['held_out_objective']}, "
-          + (f"curve RMS {report['distill_rms_db']} dB after distillation " if report["distill_rms_db"] is not None
-             else "no distillation ") + f"({report['fits']} fits, {report['draws']} draws)")
+                 epochs=args.epochs, spectrum_bands=args.spectrum_bands, sensitivity_bands=args.sensitivity_bands,
+                 refine_hidden=args.refine_hidden, refine_epochs=args.refine_epochs, refine_only=args.refine_only)
+    print(f"steering predictor saved to {report['saved']}: held-out objective {report.get('held_out_objective')}, "
+          + (f"curve RMS {report['distill_rms_db']} dB after distillation " if report.get("distill_rms_db")
+             is not None else "no distillation ") + f"({report.get('fits')} fits, {report.get('draws')} draws)"
+          + (f"; second step: held-out objective {report['held_out_objective_first_answer']} -> "
+             f"{report['held_out_objective_refined']}" if args.refine_hidden else ""))
     return 0
 
 
@@ -550,6 +561,9 @@ def _add_live(sub) -> None:
     p.add_argument("--worker", choices=("process", "thread", "off"), default="process",
                    help="where steering runs (default: a separate process; see README); off: the EQ stays flat "
                         "(benchmarks)")
+    p.add_argument("--callback", choices=("native", "python"), default="native",
+                   help="the audio callback: native (default: compiled code PortAudio calls directly, no Python in "
+                        "the audio thread) or python (a sounddevice Python callback; for comparison)")
     p.add_argument("--no-input", action="store_true", help="do not read commands from standard input")
     p.add_argument("--model", help="model directory; default: the shipped model")
     p.set_defaults(run=_run_live, prompts=None)
@@ -595,7 +609,7 @@ def _run_live(args) -> int:
                         sample_rate=args.samplerate, channels=args.channels, blocksize=args.blocksize,
                         update_every_s=args.update_every, model_dir=str(args.model or default_model_path()),
                         worker=args.worker, device=args.device, fast_predict=args.fast_predict,
-                        time_budget_s=args.time_budget)
+                        time_budget_s=args.time_budget, callback=args.callback)
     if offline:
         from timbreclip.dsp.audio_io import audio_info
         from timbreclip.realtime.stream import run_file

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -32,8 +32,9 @@ import torch.nn.functional as F
 from timbreclip.dsp.audio_io import read_audio
 from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.neural.frontend import prepare_audio
-from timbreclip.neural.predictor import (PredictorConfig, SteeringPredictor, spectrum_profile, steering_embeddings,
-                                         steering_sensitivity)
+from timbreclip.dsp.parametric_eq import DEFAULT_BAND_TYPES, ParametricEQ
+from timbreclip.neural.predictor import (PredictorConfig, Probe, SteeringPredictor, probe, spectrum_profile,
+                                         steering_embeddings, steering_sensitivity)
 from timbreclip.neural.steering import CURVE_HIGH_HZ, CURVE_LOW_HZ, Regulariser, SteeringConfig, steer
 
 from .data import read_any, split_validation
@@ -107,6 +108,64 @@ def make_draws(model, notes, draws: int, fits: int, seed: int, config: SteeringC
     return out
 
 
+class _Draws:
+    """What both training stages read from the draws: one power spectrogram per note, the embeddings, the
+    predictor's other inputs, the split by note (a fifth of the notes held out), and the steering objective of a
+    batch of draws through the frozen, BatchNorm-folded encoder."""
+
+    def __init__(self, model, draws: list[Fit], spectrum_bands: int, sensitivity_bands: int, seed: int,
+                 config: SteeringConfig, log=print) -> None:
+        self.fe_cfg = fe_cfg = model.config.frontend
+        self.fe = fe = model.frontend
+        self.encoder = encoder = model.audio.fused_for_inference()
+        for p in encoder.parameters():
+            p.requires_grad_(False)
+        self.notes = notes = sorted({d.note for d in draws})
+        row = {n: i for i, n in enumerate(notes)}
+        first = {}
+        for d in draws:
+            first.setdefault(d.note, d)
+        with torch.no_grad():  # one power spectrogram per note, not per draw
+            self.powers = torch.cat([fe.power(torch.from_numpy(np.stack([first[n].window for n in notes[k:k + 64]])))
+                                     for k in range(0, len(notes), 64)])
+        self.power_row = torch.as_tensor([row[d.note] for d in draws])
+        self.z_sources = torch.from_numpy(np.stack([d.z_source for d in draws])).float()
+        self.targets = torch.from_numpy(np.stack([d.target for d in draws])).float()
+        self.profiles = (spectrum_profile(self.powers, fe_cfg.sample_rate, fe_cfg.n_fft, spectrum_bands).float()
+                         [self.power_row] if spectrum_bands else None)
+        self.sensitivities = None
+        if sensitivity_bands:
+            started = time.time()
+            self.sensitivities = torch.cat([
+                steering_sensitivity(encoder, fe, self.powers[self.power_row[k:k + 32]][:, None],
+                                     self.targets[k:k + 32], fe_cfg.sample_rate, fe_cfg.n_fft, sensitivity_bands)[0]
+                for k in range(0, len(draws), 32)])
+            log(f"steering sensitivities of {len(draws)} draws in {time.time() - started:.0f} s")
+        self.rng = np.random.default_rng(seed)  # the held-out notes, then the epochs' shuffles
+        self.held_notes = set(self.rng.permutation(notes)[: max(1, len(notes) // 5)].tolist())
+        self.train_idx = [i for i, d in enumerate(draws) if d.note not in self.held_notes]
+        self.val_idx = [i for i, d in enumerate(draws) if d.note in self.held_notes]
+        if not self.train_idx:  # a single note: hold out a fifth of its draws instead
+            self.train_idx, self.val_idx = self.val_idx[len(self.val_idx) // 5:], self.val_idx[: max(1, len(self.val_idx) // 5)]
+        self.regulariser = Regulariser(config, fe_cfg, torch.device("cpu"))
+
+    def inputs(self, idx) -> tuple:
+        """``(z_source, target, profile or None, sensitivity or None)`` of the draws ``idx``."""
+        idx = torch.as_tensor(idx)
+        return (self.z_sources[idx], self.targets[idx], None if self.profiles is None else self.profiles[idx],
+                None if self.sensitivities is None else self.sensitivities[idx])
+
+    def objective(self, eq, idx) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``(objective, cosine distance, normalised embedding)`` of the batched ``eq`` (one EQ per draw of
+        ``idx``), as ``steering_objective`` computes them for a fit."""
+        idx_t = torch.as_tensor(idx)
+        gains = eq.gain_on_grid(self.fe_cfg.n_fft)
+        power = self.powers[self.power_row[idx_t]]
+        z = F.normalize(self.encoder(self.fe.features_from_power(power * gains[:, :, None])), dim=-1)
+        distance = 1.0 - (z * self.targets[idx_t]).sum(-1)
+        return distance + self.regulariser(eq, gains, power.mean(-1)), distance, z
+
+
 def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_objective: int = 12,
                     batch: int = 32, seed: int = 0, distill_weight: float = 0.02, lr: float = 3e-3,
                     spectrum_bands: int = 32, sensitivity_bands: int = 32, hidden: int = 256,
@@ -114,50 +173,19 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
     """Distillation on the fitted draws (skipped when none was fitted), then the objective stage; a fifth of the
     notes (every draw on them) is held out, and the epoch with the best held-out objective is kept."""
     torch.manual_seed(seed)
-    fe_cfg = model.config.frontend
     config = SteeringConfig.offline()
     predictor = SteeringPredictor(PredictorConfig(dim=model.dim, hidden=hidden, max_gain_db=config.max_gain_db,
                                                   q_range=tuple(config.q_range),
                                                   model_fingerprint=model.fingerprint(),
                                                   spectrum_bands=spectrum_bands,
                                                   sensitivity_bands=sensitivity_bands))
-    fe = model.frontend
-    encoder = model.audio.fused_for_inference()
-    for p in encoder.parameters():
-        p.requires_grad_(False)
-    notes = sorted({d.note for d in draws})
-    row = {n: i for i, n in enumerate(notes)}
-    first = {}
-    for d in draws:
-        first.setdefault(d.note, d)
-    with torch.no_grad():  # one power spectrogram per note, not per draw
-        powers = torch.cat([fe.power(torch.from_numpy(np.stack([first[n].window for n in notes[s:s + 64]])))
-                            for s in range(0, len(notes), 64)])
-    power_row = torch.as_tensor([row[d.note] for d in draws])
-    z_sources = torch.from_numpy(np.stack([d.z_source for d in draws])).float()
-    targets = torch.from_numpy(np.stack([d.target for d in draws])).float()
-    profiles = (spectrum_profile(powers, fe_cfg.sample_rate, fe_cfg.n_fft, spectrum_bands).float()[power_row]
-                if spectrum_bands else None)
-    sensitivities = None
-    if sensitivity_bands:
-        started = time.time()
-        sensitivities = torch.cat([
-            steering_sensitivity(encoder, fe, powers[power_row[s:s + 32]][:, None], targets[s:s + 32],
-                                 fe_cfg.sample_rate, fe_cfg.n_fft, sensitivity_bands)[0]
-            for s in range(0, len(draws), 32)])
-        log(f"steering sensitivities of {len(draws)} draws in {time.time() - started:.0f} s")
+    s = _Draws(model, draws, spectrum_bands, sensitivity_bands, seed, config, log)
+    fe_cfg, train_idx, val_idx = s.fe_cfg, s.train_idx, s.val_idx
 
     def predicted_eq(idx):
-        idx = torch.as_tensor(idx)
-        return predictor.eq(z_sources[idx], targets[idx], fe_cfg.sample_rate,
-                            None if profiles is None else profiles[idx],
-                            None if sensitivities is None else sensitivities[idx])
-    rng = np.random.default_rng(seed)
-    held_notes = set(rng.permutation(notes)[: max(1, len(notes) // 5)].tolist())
-    train_idx = [i for i, d in enumerate(draws) if d.note not in held_notes]
-    val_idx = [i for i, d in enumerate(draws) if d.note in held_notes]
-    if not train_idx:  # a single note: hold out a fifth of its draws instead
-        train_idx, val_idx = val_idx[len(val_idx) // 5:], val_idx[: max(1, len(val_idx) // 5)]
+        z_source, target, profile, sensitivity = s.inputs(idx)
+        return predictor.eq(z_source, target, fe_cfg.sample_rate, profile, sensitivity)
+    rng = s.rng
     fitted_train = [i for i in train_idx if draws[i].curve_db is not None]
     fitted_val = [i for i in val_idx if draws[i].curve_db is not None] or fitted_train[:1]
 
@@ -182,20 +210,12 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
         log(f"distillation: held-out curve RMS error {distill_val:.2f} dB")
 
     # stage 3: the steering objective itself, through the frozen model
-    regulariser = Regulariser(config, fe_cfg, torch.device("cpu"))
-
     def objective(idx) -> tuple[torch.Tensor, torch.Tensor]:
-        idx_t = torch.as_tensor(idx)
-        eq = predicted_eq(idx)
-        gains = eq.gain_on_grid(fe_cfg.n_fft)
-        power = powers[power_row[idx_t]]
-        z = F.normalize(encoder(fe.features_from_power(power * gains[:, :, None])), dim=-1)
-        distance = 1.0 - (z * targets[idx_t]).sum(-1)
-        return distance + regulariser(eq, gains, power.mean(-1)), distance
+        return s.objective(predicted_eq(idx), idx)[:2]
 
     def held_out() -> float:
         with torch.no_grad():
-            return float(torch.cat([objective(val_idx[s:s + 64])[0] for s in range(0, len(val_idx), 64)]).mean())
+            return float(torch.cat([objective(val_idx[k:k + 64])[0] for k in range(0, len(val_idx), 64)]).mean())
 
     opt = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=1e-3)
     steps_total, step = epochs_objective * max(1, -(-len(train_idx) // batch)), 0
@@ -228,31 +248,111 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
     predictor.eval()
     improvements = [f.improvement for f in draws if f.improvement is not None]
     return predictor, {"draws": len(draws), "fits": len(fitted_train) + len(fitted_val) if fitted_train else 0,
-                       "held_out_draws": len(val_idx), "held_out_notes": len(held_notes & set(notes)),
+                       "held_out_draws": len(val_idx), "held_out_notes": len(s.held_notes),
                        "spectrum_bands": spectrum_bands, "sensitivity_bands": sensitivity_bands, "hidden": hidden,
                        "distill_rms_db": None if distill_val is None else round(distill_val, 3),
                        "held_out_objective": round(best, 5), "objective_history": history,
                        "optimiser_mean_improvement": round(float(np.mean(improvements)), 5) if improvements else None}
 
 
+def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs: int = 10, hidden: int = 128,
+                  batch: int = 32, lr: float = 2e-3, seed: int = 0, log=print) -> tuple[SteeringPredictor, dict]:
+    """The learned second step (see ``neural/predictor.py``) on top of ``predictor``, whose first network stays as it
+    is: the objective is probed once at every draw's first answer (the first network is frozen, so once for all
+    epochs), then the second network is trained on the objective after its correction. The same split by note as
+    the first stage; the epoch with the best held-out objective is kept."""
+    torch.manual_seed(seed)
+    config = SteeringConfig.offline()
+    pc = predictor.config
+    refined = SteeringPredictor(replace(pc, refine_hidden=hidden))
+    refined.load_state_dict({k: v for k, v in predictor.state_dict().items() if not k.startswith("refiner.")},
+                            strict=False)  # the first network as it was; a second step, if any, starts afresh
+    for p in refined.net.parameters():
+        p.requires_grad_(False)
+    s = _Draws(model, draws, pc.spectrum_bands, pc.sensitivity_bands, seed, config, log)
+    rate = s.fe_cfg.sample_rate
+    started = time.time()
+    with torch.no_grad():
+        raw, hid = refined.first_pass(*s.inputs(list(range(len(draws)))))
+    probes = []
+    for k in range(0, len(draws), 32):
+        idx = list(range(k, min(k + 32, len(draws))))
+        probes.append(probe(refined, raw[idx], lambda eq, idx=idx: s.objective(eq, idx), rate))
+    probes = Probe(*(torch.cat([getattr(p, f) for p in probes]) for f in ("z", "objective", "distance", "grad")))
+    log(f"the objective probed at {len(draws)} first answers in {time.time() - started:.0f} s")
+
+    def objective(idx) -> torch.Tensor:
+        idx_t = torch.as_tensor(idx)
+        raw2 = refined.refine(raw[idx_t], hid[idx_t], s.targets[idx_t], probes.select(idx_t))
+        return s.objective(ParametricEQ.from_raw(rate, raw2, DEFAULT_BAND_TYPES, refined.ranges()), idx)[0]
+
+    def held_out() -> float:
+        with torch.no_grad():
+            return float(torch.cat([objective(s.val_idx[k:k + 64]) for k in range(0, len(s.val_idx), 64)]).mean())
+
+    first_answer = float(probes.objective[torch.as_tensor(s.val_idx)].mean())
+    opt = torch.optim.AdamW(refined.refiner.parameters(), lr=lr, weight_decay=1e-3)
+    steps_total, step = epochs * max(1, -(-len(s.train_idx) // batch)), 0
+    best, best_state, history = held_out(), {k: v.clone() for k, v in refined.state_dict().items()}, []
+    log(f"second step: held-out objective {best:.4f} at the start (the first answer's)")
+    for epoch in range(epochs):
+        perm = s.rng.permutation(s.train_idx)
+        for start in range(0, len(perm), batch):
+            for g in opt.param_groups:  # cosine decay over the stage
+                g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps_total))
+            step += 1
+            loss = objective(perm[start:start + batch].tolist()).mean()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        value = held_out()
+        history.append(round(value, 5))
+        if value < best:
+            best, best_state = value, {k: v.clone() for k, v in refined.state_dict().items()}
+        log(f"second step epoch {epoch}: held-out objective {value:.4f}{'  *best*' if value <= best else ''}")
+    refined.load_state_dict(best_state)
+    refined.eval()
+    return refined, {"refine_hidden": hidden, "refine_epochs": epochs, "refine_draws": len(draws),
+                     "refine_held_out_draws": len(s.val_idx), "held_out_objective_first_answer": round(first_answer, 5),
+                     "held_out_objective_refined": round(best, 5), "refine_history": history}
+
+
 def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, notes: int = 600, seed: int = 0,
-        epochs: int = 12, spectrum_bands: int = 32, sensitivity_bands: int = 32, log=print) -> dict:
-    """``timbreclip train-predictor``: draws and fits, training, and the predictor saved beside the model."""
+        epochs: int = 12, spectrum_bands: int = 32, sensitivity_bands: int = 32, refine_hidden: int = 128,
+        refine_epochs: int | None = None, refine_only: bool = False, log=print) -> dict:
+    """``timbreclip train-predictor``: draws and fits, training (the first network, then the learned second step
+    where ``refine_hidden`` > 0), and the predictor saved beside the model. ``refine_only``: keep the first network
+    of the predictor already beside the model and train its second step only."""
     from timbreclip.neural.model import TimbreCLIP
 
     model = TimbreCLIP.load(model_dir)
     model.eval()
+    existing = None
+    if refine_only:
+        if not refine_hidden:
+            raise TimbreclipError("--refine-only needs a second step (--refine-hidden > 0)")
+        existing = SteeringPredictor.load(model_dir, model)  # refused, with one line, if absent or another model's
     picked = pick_training_notes(model, folders, notes, seed)
     if not picked:
         raise TimbreclipError(f"{', '.join(folders)}: no training notes between MIDI 36 and 96")
     started = time.time()
-    made = make_draws(model, picked, max(draws, fits), fits, seed, SteeringConfig.offline(), log)
-    log(f"{len(made)} draws, {fits} of them fitted, in {time.time() - started:.0f} s")
-    predictor, report = train_predictor(model, made, epochs_objective=epochs, seed=seed,
-                                        spectrum_bands=spectrum_bands, sensitivity_bands=sensitivity_bands,
-                                        log=log)
+    made = make_draws(model, picked, max(draws, fits), 0 if refine_only else fits, seed, SteeringConfig.offline(),
+                      log)
+    log(f"{len(made)} draws, {0 if refine_only else fits} of them fitted, in {time.time() - started:.0f} s")
+    report_path = Path(model_dir) / "steering_predictor.json"
+    if refine_only:
+        predictor = existing
+        report = json.loads(report_path.read_text()) if report_path.is_file() else {}
+    else:
+        predictor, report = train_predictor(model, made, epochs_objective=epochs, seed=seed,
+                                            spectrum_bands=spectrum_bands, sensitivity_bands=sensitivity_bands,
+                                            log=log)
+    if refine_hidden:
+        predictor, refined = train_refiner(model, predictor, made, epochs=refine_epochs or epochs,
+                                           hidden=refine_hidden, seed=seed, log=log)
+        report.update(refined)
     path = predictor.save(model_dir)
     report.update({"notes": len(picked), "fit_seconds": round(time.time() - started, 1), "saved": str(path),
                    "vocabulary": list(VOCABULARY)})
-    (Path(model_dir) / "steering_predictor.json").write_text(json.dumps(report, indent=1) + "\n")
+    report_path.write_text(json.dumps(report, indent=1) + "\n")
     return report
