@@ -30,6 +30,7 @@ from numba.extending import intrinsic
 from timbreclip.dsp.engine import _begin_block, _generic_steady, _glide_block
 from timbreclip.dsp.handoff import take  # noqa: F401  (compiled into _begin_block)
 
+from .loop import _loop_copy
 from .ring import _write_mono
 
 CLOCK_MONOTONIC = 1
@@ -105,15 +106,7 @@ def _callback(input_ptr, output_ptr, frames, time_info, status, user_data):  # p
         source = carray(_address(a[A_SOURCE]), (channels, dims[D_SOURCE]), np.float32)
         position = carray(_address(a[A_SOURCE_POS]), (1,), np.int64)
         block = carray(_address(a[A_SCRATCH_IN]), (channels, dims[D_MAX_FRAMES]), np.float32)[:, :n]
-        p = position[0]
-        length = dims[D_SOURCE]
-        for i in range(n):
-            for c in range(channels):
-                block[c, i] = source[c, p]
-            p += 1
-            if p >= length:
-                p = 0
-        position[0] = p
+        _loop_copy(source, position, block)
         x = block
     else:
         x = carray(input_ptr, (n, dims[D_IN_CHANNELS]), np.float32).T

@@ -166,6 +166,35 @@ class _Draws:
         return distance + self.regulariser(eq, gains, power.mean(-1)), distance, z
 
 
+def _objective_epochs(module, params, batch_loss, held_out, train_idx: list, rng, epochs: int, batch: int, lr: float,
+                      label: str, log) -> tuple[float, list]:
+    """AdamW on ``params`` (cosine decay over all steps), ``epochs`` shuffled passes over ``train_idx``; after each,
+    the held-out objective; ``module`` ends with the state of the best epoch (or as it started, if none beat it).
+    Returns the best held-out objective and each epoch's."""
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=1e-3)
+    steps_total, step = epochs * max(1, -(-len(train_idx) // batch)), 0
+    best, best_state, history = held_out(), {k: v.clone() for k, v in module.state_dict().items()}, []
+    log(f"{label}: held-out objective {best:.4f} at the start")
+    for epoch in range(epochs):
+        perm = rng.permutation(train_idx)
+        for start in range(0, len(perm), batch):
+            for g in opt.param_groups:  # cosine decay over the stage
+                g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps_total))
+            step += 1
+            loss = batch_loss(perm[start:start + batch].tolist())
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        value = held_out()
+        history.append(round(value, 5))
+        if value < best:
+            best, best_state = value, {k: v.clone() for k, v in module.state_dict().items()}
+        log(f"{label} epoch {epoch}: held-out objective {value:.4f}{'  *best*' if value <= best else ''}")
+    module.load_state_dict(best_state)
+    module.eval()
+    return best, history
+
+
 def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_objective: int = 12,
                     batch: int = 32, seed: int = 0, distill_weight: float = 0.02, lr: float = 3e-3,
                     spectrum_bands: int = 32, sensitivity_bands: int = 32, hidden: int = 256,
@@ -217,35 +246,18 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
         with torch.no_grad():
             return float(torch.cat([objective(val_idx[k:k + 64])[0] for k in range(0, len(val_idx), 64)]).mean())
 
-    opt = torch.optim.AdamW(predictor.parameters(), lr=lr, weight_decay=1e-3)
-    steps_total, step = epochs_objective * max(1, -(-len(train_idx) // batch)), 0
-    best, best_state, history = held_out(), {k: v.clone() for k, v in predictor.state_dict().items()}, []
-    log(f"objective stage: held-out objective {best:.4f} at the start")
-    for epoch in range(epochs_objective):
-        perm = rng.permutation(train_idx)
-        for start in range(0, len(perm), batch):
-            b = perm[start:start + batch].tolist()
-            loss, _ = objective(b)
-            labelled = [i for i in b if draws[i].curve_db is not None]
-            total = loss.mean()
-            if labelled:  # stay near EQs the optimiser would choose
-                eq = predicted_eq(labelled)
-                distill = F.mse_loss(curve_db(eq, fe_cfg.sample_rate),
-                                     torch.from_numpy(np.stack([draws[i].curve_db for i in labelled])).float()) / 36.0
-                total = total + distill_weight * distill
-            for g in opt.param_groups:  # cosine decay over the stage
-                g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps_total))
-            step += 1
-            opt.zero_grad()
-            total.backward()
-            opt.step()
-        value = held_out()
-        history.append(round(value, 5))
-        if value < best:
-            best, best_state = value, {k: v.clone() for k, v in predictor.state_dict().items()}
-        log(f"objective epoch {epoch}: held-out objective {value:.4f}{'  *best*' if value <= best else ''}")
-    predictor.load_state_dict(best_state)
-    predictor.eval()
+    def batch_loss(b: list) -> torch.Tensor:
+        total = objective(b)[0].mean()
+        labelled = [i for i in b if draws[i].curve_db is not None]
+        if labelled:  # stay near EQs the optimiser would choose
+            eq = predicted_eq(labelled)
+            distill = F.mse_loss(curve_db(eq, fe_cfg.sample_rate),
+                                 torch.from_numpy(np.stack([draws[i].curve_db for i in labelled])).float()) / 36.0
+            total = total + distill_weight * distill
+        return total
+
+    best, history = _objective_epochs(predictor, predictor.parameters(), batch_loss, held_out, train_idx, rng,
+                                      epochs_objective, batch, lr, "objective", log)
     improvements = [f.improvement for f in draws if f.improvement is not None]
     return predictor, {"draws": len(draws), "fits": len(fitted_train) + len(fitted_val) if fitted_train else 0,
                        "held_out_draws": len(val_idx), "held_out_notes": len(s.held_notes),
@@ -291,27 +303,8 @@ def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs:
             return float(torch.cat([objective(s.val_idx[k:k + 64]) for k in range(0, len(s.val_idx), 64)]).mean())
 
     first_answer = float(probes.objective[torch.as_tensor(s.val_idx)].mean())
-    opt = torch.optim.AdamW(refined.refiner.parameters(), lr=lr, weight_decay=1e-3)
-    steps_total, step = epochs * max(1, -(-len(s.train_idx) // batch)), 0
-    best, best_state, history = held_out(), {k: v.clone() for k, v in refined.state_dict().items()}, []
-    log(f"second step: held-out objective {best:.4f} at the start (the first answer's)")
-    for epoch in range(epochs):
-        perm = s.rng.permutation(s.train_idx)
-        for start in range(0, len(perm), batch):
-            for g in opt.param_groups:  # cosine decay over the stage
-                g["lr"] = lr * 0.5 * (1 + np.cos(np.pi * step / steps_total))
-            step += 1
-            loss = objective(perm[start:start + batch].tolist()).mean()
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-        value = held_out()
-        history.append(round(value, 5))
-        if value < best:
-            best, best_state = value, {k: v.clone() for k, v in refined.state_dict().items()}
-        log(f"second step epoch {epoch}: held-out objective {value:.4f}{'  *best*' if value <= best else ''}")
-    refined.load_state_dict(best_state)
-    refined.eval()
+    best, history = _objective_epochs(refined, refined.refiner.parameters(), lambda b: objective(b).mean(), held_out,
+                                      s.train_idx, s.rng, epochs, batch, lr, "second step", log)
     return refined, {"refine_hidden": hidden, "refine_epochs": epochs, "refine_draws": len(draws),
                      "refine_held_out_draws": len(s.val_idx), "held_out_objective_first_answer": round(first_answer, 5),
                      "held_out_objective_refined": round(best, 5), "refine_history": history}
