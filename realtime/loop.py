@@ -1,9 +1,10 @@
 """The live loop: audio in -> EQ -> audio out, the EQ steered continuously toward words.
 
 Three roles, three threads (or two threads and a process):
-- the audio thread (``LiveEQ.audio_block``, called from the sounddevice callback or the offline clock): copies the
-  block into the ring buffer and runs the numba engine. It allocates no audio buffers, takes no locks, calls no model;
-  it reads new coefficient sets from the engine's single-producer/single-consumer handoff once per block.
+- the audio thread: copies the block into the ring buffer and runs the numba engine. On a device it is compiled code
+  that PortAudio calls directly (``native.py``: no GIL, no Python object per block); ``LiveEQ.audio_block`` is the
+  same steps in Python (the offline clock, and ``--callback python``). It allocates nothing, takes no locks, calls no
+  model; it reads new coefficient sets from the engine's single-producer/single-consumer handoff once per block.
 - the control thread (``LiveEQ.control_step``, the command's main loop): the ONLY producer of coefficient sets. It
   applies steering results, the amount, bypass and hold, and drains the callback's timing records into statistics.
   MIDI and terminal input never touch the engine: they post commands to a queue the control thread drains.

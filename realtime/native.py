@@ -185,6 +185,12 @@ class NativeCallback:
         self._arrays = arrays  # kept alive as long as the stream may call
         self.table = np.array([arrays[k].ctypes.data for k in range(ADDRESSES)], np.int64)
 
+    def release(self) -> None:
+        """Drop the references to the loop's arrays (once the stream is closed and can no longer call): the ring
+        in shared memory can then be unmapped."""
+        self._arrays = {}
+        self.table[:] = 0
+
     @property
     def user_data(self) -> int:
         return int(self.table.ctypes.data)

@@ -79,7 +79,10 @@ class AudioRing:
     def close(self, unlink: bool = False) -> None:
         if self._shm is not None:
             self.written = self.written_at = self.data = None  # drop the views before the mapping goes
-            self._shm.close()
+            try:
+                self._shm.close()
+            except BufferError:  # a callback that could not be stopped still holds a view: the mapping stays
+                pass  # until the process exits; the name is still removed below
             if unlink:
                 self._shm.unlink()
             self._shm = None

@@ -1,6 +1,7 @@
 """``timbreclip live`` on a real device: the sounddevice stream, the control loop, and a clean stop.
 
-The callback runs ``LiveEQ.audio_block`` and nothing else. The control loop (this module's ``run_live``, in the main
+The callback is the compiled one of ``native.py`` (or, with ``--callback python``, sounddevice's Python callback
+running ``LiveEQ.audio_block``), and nothing else. The control loop (this module's ``run_live``, in the main
 thread) is the only code that hands coefficients to the engine; it drains MIDI and terminal commands and steering
 results, refreshes the status display, and watches for the end: ``--duration``, ``:q``, Ctrl-C or SIGTERM (a user
 stop, exit 0), or the device vanishing / the audio server stopping (a device failure, exit 1). Either way it stops
@@ -44,15 +45,20 @@ def _close_stream(stream, wait_s: float | None) -> bool:
         except Exception:
             pass
 
+    native = getattr(stream, "_timbreclip_native", None)
     if wait_s is None:
         close()
-        return True
-    import threading
+    else:
+        import threading
 
-    closer = threading.Thread(target=close, daemon=True)
-    closer.start()
-    closer.join(wait_s)
-    return not closer.is_alive()
+        closer = threading.Thread(target=close, daemon=True)
+        closer.start()
+        closer.join(wait_s)
+        if closer.is_alive():
+            return False  # the callback may still run: its arrays stay mapped
+    if native is not None:
+        native.release()
+    return True
 
 
 def write_json_atomic(path: str, data: dict) -> None:

@@ -345,7 +345,11 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
                                            hidden=refine_hidden, seed=seed, log=log)
         report.update(refined)
     path = predictor.save(model_dir)
-    report.update({"notes": len(picked), "fit_seconds": round(time.time() - started, 1), "saved": str(path),
-                   "vocabulary": list(VOCABULARY)})
+    if refine_only:  # the first network's figures stay those of its own run
+        report.update({"refine_notes": len(picked), "refine_seconds": round(time.time() - started, 1),
+                       "refine_data": [str(f) for f in folders], "saved": str(path)})
+    else:
+        report.update({"notes": len(picked), "fit_seconds": round(time.time() - started, 1), "saved": str(path),
+                       "vocabulary": list(VOCABULARY)})
     report_path.write_text(json.dumps(report, indent=1) + "\n")
     return report
