@@ -150,6 +150,11 @@ class LiveEQ:
         self.audio_counts = np.zeros(2, np.int64)  # blocks, xruns: arrays, so a native callback can count too
         self.xrun_flags = np.zeros(5, np.int64)  # input underflow, input overflow, output underflow/overflow, priming
         self.xrun_blocks = np.full(16, -1, np.int64)  # the block indices of the first 16 xruns (diagnostics)
+        # Fault in every page the audio thread will write before it runs: fresh zeroed memory is mapped lazily, and
+        # the ring (about 1 KB per 256-frame block, in shared memory for a worker process) would otherwise take a
+        # page fault every few blocks inside the callback.
+        for array in (self.ring.data, self.block_start, self.block_us, self.block_seq):
+            array.fill(0)
         # control state
         self.prompts = dict(config.prompts)
         self.source_weight = float(config.source_weight)
