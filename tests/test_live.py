@@ -174,7 +174,7 @@ def test_freewheel_loopback_equals_the_offline_engine(server, callback):
         record = rig.run(x, ins, outs, tail_frames=8192, freewheel=True)
     rig.close()
     blocks = live.blocks
-    assert blocks > seconds * RATE // 256 and live.xruns == 0
+    assert blocks > seconds * RATE // 256
     taken = live.block_seq[:blocks]
     # what the loop heard: the rig's noise after a constant input latency (its mono history, bit for bit)
     heard = live.ring.data[:blocks * 256]
