@@ -70,7 +70,7 @@ class SteeringPredictor(nn.Module):
         nn.init.zeros_(self.net[-1].bias)
         self.refiner = None
         if config.refine_hidden:
-            size = config.hidden + config.dim + 3 * config.bands + Probe.FEATURES(config.bands)
+            size = config.hidden + config.dim + 3 * config.bands + Probe.feature_count(config.bands)
             self.refiner = nn.Sequential(nn.Linear(size, config.refine_hidden), nn.GELU(),
                                          nn.Linear(config.refine_hidden, config.refine_hidden), nn.GELU(),
                                          nn.Linear(config.refine_hidden, 3 * config.bands))
@@ -179,7 +179,7 @@ class Probe:
     grad: torch.Tensor
 
     @staticmethod
-    def FEATURES(bands: int) -> int:
+    def feature_count(bands: int) -> int:
         return 3 * bands + 3
 
     def features(self) -> torch.Tensor:
