@@ -28,7 +28,6 @@ from numba.core import cgutils
 from numba.extending import intrinsic
 
 from timbreclip.dsp.engine import _begin_block, _generic_steady, _glide_block
-from timbreclip.dsp.handoff import take  # noqa: F401  (compiled into _begin_block)
 
 from .loop import _loop_copy
 from .ring import _write_mono
@@ -69,7 +68,7 @@ def _address(typingctx, address):
  A_BLOCK_SEQ, A_AUDIO, A_XRUN_FLAGS, A_XRUN_BLOCKS, A_SOURCE, A_SOURCE_POS, A_SCRATCH_IN) = range(27)
 ADDRESSES = 27
 # dims: sections, channels, handoff slots, ring capacity, timing slots, source frames (0: device input), max block
-# frames, glide frames, input channels of the device (0 for an output-only stream)
+# frames, glide frames, input channels of the device buffer (unused with a looped file)
 (D_SECTIONS, D_CHANNELS, D_SLOTS, D_CAPACITY, D_TIMING, D_SOURCE, D_MAX_FRAMES, D_GLIDE, D_IN_CHANNELS) = range(9)
 DIMS = 9
 
@@ -143,11 +142,6 @@ def _callback(input_ptr, output_ptr, frames, time_info, status, user_data):  # p
     return PA_CONTINUE
 
 
-def callback_address() -> int:
-    """The compiled callback's address (``PaStreamCallback``)."""
-    return _callback.address
-
-
 class NativeCallback:
     """The address table of one ``LiveEQ`` (and a looped ``source`` for ``--play``) for ``_callback``: build it
     before the stream opens, keep it alive while the stream runs, pass ``user_data`` as PortAudio's userData."""
@@ -178,10 +172,6 @@ class NativeCallback:
         for slot, array in arrays.items():
             if not array.flags.c_contiguous:
                 raise ValueError(f"native callback: array in slot {slot} is not C-contiguous")
-        expected = {A_SCRATCH_META: (np.float64, 2), A_SLOT_SOS: (np.float64, None), A_BLOCK_SEQ: (np.int64, None)}
-        for slot, (dtype, size) in expected.items():
-            if arrays[slot].dtype != dtype or (size is not None and arrays[slot].size != size):
-                raise ValueError(f"native callback: unexpected layout in slot {slot}")
         self._arrays = arrays  # kept alive as long as the stream may call
         self.table = np.array([arrays[k].ctypes.data for k in range(ADDRESSES)], np.int64)
 
@@ -197,4 +187,5 @@ class NativeCallback:
 
     @property
     def address(self) -> int:
-        return callback_address()
+        """The compiled callback's address (a ``PaStreamCallback``)."""
+        return _callback.address
