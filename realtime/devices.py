@@ -5,6 +5,7 @@ what exists."""
 from __future__ import annotations
 
 import os
+import sys
 
 from timbreclip.dsp.errors import TimbreclipError
 
@@ -28,6 +29,37 @@ def refresh_audio() -> None:
     sd = _sd()
     sd._terminate()
     sd._initialize()
+
+
+def release_audio(exit_code: int) -> None:
+    """Terminate PortAudio (closing its JACK client) as a command ends, keeping ``exit_code`` even if PortAudio aborts.
+
+    PortAudio's JACK host API asserts that the server acknowledges its client's deactivation; a server that stopped, or
+    that did not answer in time, makes that assert abort the process after the command's work is done (exit -6 instead
+    of the command's code; seen in CI on a bad ``--midi-port`` line). This runs sounddevice's own exit handler now,
+    with SIGABRT turned into a one-line warning and ``exit_code``; afterwards that handler has nothing left to do."""
+    sd = sys.modules.get("sounddevice")
+    if sd is None or not getattr(sd, "_initialized", 0):
+        return
+    import ctypes
+    import signal
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+
+    def on_abort(_signum):
+        os.write(2, b"timbreclip: warning: the audio server did not answer as PortAudio closed its connection "
+                    b"(was JACK stopped?)\n")
+        os._exit(exit_code)
+
+    handler = ctypes.CFUNCTYPE(None, ctypes.c_int)(on_abort)
+    install = ctypes.CDLL(None).signal
+    install.restype, install.argtypes = ctypes.c_void_p, (ctypes.c_int, ctypes.c_void_p)
+    previous = install(signal.SIGABRT, ctypes.cast(handler, ctypes.c_void_p))
+    try:
+        sd._exit_handler()
+    finally:
+        install(signal.SIGABRT, previous)
 
 
 def audio_devices() -> list[dict]:

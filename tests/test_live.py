@@ -290,8 +290,10 @@ def test_midi_cc_changes_the_amount_and_a_prompt_weight(server, tmp_path):
 def test_bad_devices_exit_2_listing_what_exists(server, tmp_path, args, fragment):
     proc = _live("--prompt", "warm", "--duration", "1", "--no-input", *args)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 2, err
-    lines = [line for line in err.splitlines() if line.startswith("timbreclip")]
+    # the server's log rides along: CI once saw PortAudio abort at exit here (the server did not acknowledge its
+    # client's deactivation); the CLI's entry now keeps the exit code and adds a warning line for that case
+    assert proc.returncode == 2, err + server.log()[-1500:]
+    lines = [line for line in err.splitlines() if line.startswith("timbreclip: error")]
     assert len(lines) == 1 and fragment in lines[0], err
 
 

@@ -1,3 +1,3 @@
-from timbreclip.cli import main
+from timbreclip.cli import entry
 
-raise SystemExit(main())
+raise SystemExit(entry())

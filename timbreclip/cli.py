@@ -1073,6 +1073,17 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def entry() -> int:
+    """The ``timbreclip`` command: ``main``, then PortAudio closed so that a JACK server gone or stalled cannot turn
+    the exit code into an abort (``realtime.devices.release_audio``)."""
+    code = main()
+    if "sounddevice" in sys.modules:
+        from timbreclip.realtime.devices import release_audio
+
+        release_audio(code)
+    return code
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     try:
