@@ -352,3 +352,23 @@ def test_gm_share_batches_and_grouped_selection(tiny_set, tmp_path):
     (tmp_path / "bad.json").write_text(json.dumps({**ft, "batch_gm_share": 1.0}))
     assert main(["train", "--config", str(tmp_path / "bad.json"), "--data", str(tiny_set), str(synth),
                  "--out", str(tmp_path / "c"), "--init", "model", str(tmp_path / "a" / "best")]) == 2
+    # a final fit: the GM validation programs join the training notes (the synth split is unchanged, so starting from
+    # a model validated on them is allowed), the schedule stops early and the last epoch is kept whatever it scores
+    final = {**ft, "name": "tiny-final", "val_programs_per_family": 0, "epochs": 3, "stop_after_epochs": 2,
+             "keep": "last"}
+    (tmp_path / "final.json").write_text(json.dumps(final))
+    assert main(["train", "--config", str(tmp_path / "final.json"), "--data", str(tiny_set), str(synth),
+                 "--out", str(tmp_path / "final"), "--init", "model", str(tmp_path / "a" / "best")]) == 0
+    log = [json.loads(line) for line in (tmp_path / "final" / "log.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in log] == [-1, 0, 1]
+    assert all(r["val_groups"] == {} for r in log)  # one validation group left (synth): no GM/synth mean
+    from timbreclip.neural.model import TimbreCLIP
+    from timbreclip.training.data import split_validation
+
+    assert TimbreCLIP.load(tmp_path / "final" / "best").config.provenance["training"]["epoch"] == 1
+    gm_notes, synth_notes = read_patch_folder(tiny_set), read_patch_folder(synth)
+    assert split_validation(gm_notes + synth_notes, 0, 0, 0.25)[1] == \
+        [len(gm_notes) + i for i in split_validation(synth_notes, 0, 0, 0.25)[1]]  # no GM note held out
+    (tmp_path / "bad.json").write_text(json.dumps({**final, "keep": "first"}))
+    assert main(["train", "--config", str(tmp_path / "bad.json"), "--data", str(tiny_set), str(synth),
+                 "--out", str(tmp_path / "d"), "--init", "model", str(tmp_path / "a" / "best")]) == 2

@@ -78,6 +78,11 @@ class TrainConfig:
     # share of every batch drawn from notes with a GM program (soundfonts) when the data also holds synth patches;
     # None = one shuffled pool. An epoch is then one pass over the GM training notes at that share.
     batch_gm_share: float | None = None
+    # A final fit replays a validated run's schedule (``epochs`` long) up to the epoch its validation chose, on data
+    # that now includes the GM validation programs (``val_programs_per_family`` 0): it stops after this many epochs
+    # and keeps the last one (``keep`` "last": there is no GM validation left to select with).
+    stop_after_epochs: int | None = None
+    keep: str = "best"  # "best": the best validation score's epoch; "last": the last epoch run
     extra: dict = field(default_factory=dict)
 
     @classmethod
@@ -348,7 +353,8 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
             raise TimbreclipError(f"{init_model}: its model config differs from the training config's ({cfg.model})")
         trained = start.config.provenance.get("training", {}).get("config", {})
         for key in ("seed", "val_programs_per_family", "val_synth_share"):  # the split depends on these
-            if key in trained and trained[key] != getattr(cfg, key):
+            final_fit = key == "val_programs_per_family" and cfg.val_programs_per_family == 0  # no GM validation
+            if key in trained and trained[key] != getattr(cfg, key) and not final_fit:
                 raise TimbreclipError(f"{init_model}: was trained with {key}={trained[key]}, this config has "
                                       f"{getattr(cfg, key)}: its validation notes would include training notes")
         model.load_state_dict(start.state_dict())
@@ -376,6 +382,8 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
         wrapped = nn.parallel.DistributedDataParallel(trainable, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
+    if cfg.keep not in ("best", "last"):
+        raise TimbreclipError(f"config {cfg.name}: keep must be \"best\" or \"last\", not {cfg.keep!r}")
     if cfg.batch_gm_share is not None:
         if not 0.0 < cfg.batch_gm_share < 1.0:
             raise TimbreclipError(f"config {cfg.name}: batch_gm_share must be between 0 and 1 (exclusive)")
@@ -560,7 +568,7 @@ def train(cfg: TrainConfig, data_dir, out_dir: str | os.PathLike, resume: bool =
         if run.rank == 0:
             score, v, words, groups = _validate(run, val_set, val_features, val_words, group_sets)
             record.update({"val_score": round(score, 3), "val_groups": groups, "val": v, "val_timbre_words": words})
-            improved = score > run.best_score
+            improved = score > run.best_score or cfg.keep == "last"
             if improved:
                 run.best_score, run.best_epoch = score, epoch
             _checkpoint(run, epoch, score, improved)
@@ -570,6 +578,9 @@ def train(cfg: TrainConfig, data_dir, out_dir: str | os.PathLike, resume: bool =
                             f"{'  *best*' if improved else ''}  ({record['elapsed_s']:.0f} s)"))
             if epoch - run.best_epoch >= cfg.patience:
                 log(f"early stop: no improvement for {cfg.patience} epochs (best epoch {run.best_epoch})")
+                stop[0] = 1
+            if cfg.stop_after_epochs is not None and epoch + 1 >= cfg.stop_after_epochs:
+                log(f"stopped after {cfg.stop_after_epochs} epochs of the {cfg.epochs}-epoch schedule")
                 stop[0] = 1
         history.append(record)
         if run.world > 1:
