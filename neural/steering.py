@@ -63,6 +63,9 @@ class SteeringConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     starts: int = 1  # broad moves refined side by side (batched); the best result wins
     time_budget_s: float | None = 0.95  # wall-clock cap per window listened to (embeddings included); None = none
+    # Adam's learning rate when the fit starts from the predictor's EQ: Adam's first step moves every parameter by
+    # about the learning rate, which throws away part of a good start (benchmarks/start_lr.py, validation notes)
+    predict_lr: float | None = 0.15
 
     @classmethod
     def paper(cls, penalty: float = 0.02, surgical: bool = False) -> "SteeringConfig":
@@ -272,6 +275,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
             z_source = F.normalize(encoder(fe.features_from_power(power)).mean(0), dim=-1)
             target = steering_target(model, z_source, prompts, source_weight)
     ranges = steering_ranges(config)
+    lr = config.lr
     eq = ParametricEQ(fe_cfg.sample_rate, ranges=ranges).to(device)
     objective = steering_objective(model, power, target, config)
     with torch.no_grad():
@@ -281,6 +285,8 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     elif start is not None and tuple(b.type for b in start.bands) == eq.band_types:
         eq = ParametricEQ.from_settings(start, fe_cfg.sample_rate, ranges).to(device)
     elif config.init in ("broad", "predict"):
+        if config.init == "predict" and config.predict_lr is not None:
+            lr = config.predict_lr
         with torch.no_grad():
             if config.init == "predict":  # flat or the prediction: scoring the broad moves too cost 0.13 s of a
                 # 0.3 s budget and reached less (90.4% against 92.4% of the full fit's gain on 24 validation fits)
@@ -298,7 +304,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
 
     with torch.no_grad():
         start = float(objective(eq)[0].min())
-    opt = torch.optim.Adam(eq.parameters(), lr=config.lr, betas=config.betas)
+    opt = torch.optim.Adam(eq.parameters(), lr=lr, betas=config.betas)
     best, since = start, 0
     best_state = {k: v.detach().clone() for k, v in eq.state_dict().items()}
     loop_started, done = time.perf_counter(), 0
@@ -309,7 +315,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
                 break  # the next step and the final check would end past the budget: a live fit answers in time
         if config.schedule == "cosine":
             for g in opt.param_groups:
-                g["lr"] = config.lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / config.steps))
+                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / config.steps))
         losses = objective(eq)[0]
         value = float(losses.detach().min())
         if value < best - config.tolerance:  # remember these parameters (the ones the loss was measured at)

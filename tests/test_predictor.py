@@ -1,6 +1,8 @@
 """The one-pass steering predictor: trained on a tiny model's fits, saved beside it, refused by another model, used
 alone (eq --fast-predict) and as the optimiser's start (init predict)."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -66,6 +68,29 @@ def test_prediction_alone_and_as_a_start(setup):
     start = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig.offline(init="predict", steps=10))
     broad = steer(model, windows, {"bright": 1.0}, 0.5, SteeringConfig.offline(steps=10))
     assert start.objective_after <= min(alone.objective_after, broad.objective_after + 0.05)
+
+
+def test_a_predicted_start_is_refined_at_its_own_learning_rate(setup):
+    """Adam's first step moves every parameter by about the learning rate: from the prediction (or flat, whichever
+    scores better) one step at ``predict_lr`` 0.01 moves no raw parameter by more than 0.01; without it, ``lr``
+    (0.3) applies."""
+    from timbreclip.dsp.parametric_eq import ParametricEQ
+
+    model_dir, _, _ = setup
+    model = TimbreCLIP.load(model_dir)
+    windows = torch.from_numpy(prepare_audio(_tone(220), 16000, model.config.frontend))
+    config = SteeringConfig.offline(init="predict", steps=1, early_exit=False, lr=0.3, predict_lr=0.01)
+
+    def moved(cfg, prompt):
+        prediction = steer(model, windows, {prompt: 1.0}, 0.5, replace(cfg, steps=0)).eq
+        flat = ParametricEQ(16000, ranges=prediction.ranges)  # what the prediction competes with as a start
+        stepped = steer(model, windows, {prompt: 1.0}, 0.5, cfg).eq.raw().detach()
+        return min((stepped - b.raw().detach()).abs().max().item() for b in (prediction, flat))
+
+    small = {p: moved(config, p) for p in ("bright", "warm", "dark")}
+    assert 0.005 < max(small.values()) <= 0.01 + 1e-6, small
+    large = {p: moved(replace(config, predict_lr=None), p) for p in ("bright", "warm", "dark")}
+    assert max(large.values()) > 0.1, large  # a step the last one would have kept (or none, where it overshot)
 
 
 def test_eq_fast_predict_cli(setup, tmp_path, capsys):
