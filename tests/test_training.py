@@ -313,7 +313,7 @@ def test_resume_continues_exactly_as_an_uninterrupted_run(tiny_set, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_gm_share_batches_and_grouped_selection(tiny_set, tmp_path):
+def test_gm_share_batches_and_grouped_selection(tiny_set, tmp_path, capsys):
     """batch_gm_share: every batch holds that share of soundfont (GM) notes, the rest synth notes; an epoch is one
     pass over the GM notes; validation scores GM programs and synth patches apart and selects on their mean."""
     from types import SimpleNamespace
@@ -369,6 +369,9 @@ def test_gm_share_batches_and_grouped_selection(tiny_set, tmp_path):
     gm_notes, synth_notes = read_patch_folder(tiny_set), read_patch_folder(synth)
     assert split_validation(gm_notes + synth_notes, 0, 0, 0.25)[1] == \
         [len(gm_notes) + i for i in split_validation(synth_notes, 0, 0, 0.25)[1]]  # no GM note held out
-    (tmp_path / "bad.json").write_text(json.dumps({**final, "keep": "first"}))
-    assert main(["train", "--config", str(tmp_path / "bad.json"), "--data", str(tiny_set), str(synth),
-                 "--out", str(tmp_path / "d"), "--init", "model", str(tmp_path / "a" / "best")]) == 2
+    for bad in ({"keep": "first"}, {"stop_after_epochs": 4}, {"stop_after_epochs": 0}):
+        (tmp_path / "bad.json").write_text(json.dumps({**final, **bad}))
+        assert main(["train", "--config", str(tmp_path / "bad.json"), "--data", str(tiny_set), str(synth),
+                     "--out", str(tmp_path / "d"), "--init", "model", str(tmp_path / "a" / "best")]) == 2
+        assert ("keep must be" if "keep" in bad else "stop_after_epochs must be") in capsys.readouterr().err
+        assert not (tmp_path / "d").exists()  # refused before any output folder

@@ -316,6 +316,13 @@ def _epoch_order(run: "_Run", rng: np.random.Generator) -> np.ndarray:
 def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, init_model, cache_dir,
             progress: bool, log, device: str | None = "auto") -> _Run:
     """Data, split, model (fresh, Wav2CLIP or a TimbreCLIP start), feature cache, optimiser; resumed state."""
+    # the config's own ranges first: a bad one costs no data reading and leaves no output folder
+    if cfg.stop_after_epochs is not None and not 1 <= cfg.stop_after_epochs <= cfg.epochs:
+        raise TimbreclipError(f"config {cfg.name}: stop_after_epochs must be between 1 and epochs ({cfg.epochs})")
+    if cfg.keep not in ("best", "last"):
+        raise TimbreclipError(f"config {cfg.name}: keep must be \"best\" or \"last\", not {cfg.keep!r}")
+    if cfg.batch_gm_share is not None and not 0.0 < cfg.batch_gm_share < 1.0:
+        raise TimbreclipError(f"config {cfg.name}: batch_gm_share must be between 0 and 1 (exclusive)")
     rank, world = _dist()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, rank])
@@ -382,11 +389,7 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
         wrapped = nn.parallel.DistributedDataParallel(trainable, device_ids=[dev.index] if dev.type == "cuda" else None)
     opt = torch.optim.AdamW(trainable.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    if cfg.keep not in ("best", "last"):
-        raise TimbreclipError(f"config {cfg.name}: keep must be \"best\" or \"last\", not {cfg.keep!r}")
     if cfg.batch_gm_share is not None:
-        if not 0.0 < cfg.batch_gm_share < 1.0:
-            raise TimbreclipError(f"config {cfg.name}: batch_gm_share must be between 0 and 1 (exclusive)")
         pools = _gm_groups([notes[i] for i in train_base])
         if len(pools) < 2:
             raise TimbreclipError(f"config {cfg.name}: batch_gm_share needs both soundfont (GM) and synth notes "
