@@ -85,7 +85,9 @@ class JackServer:
         return self.process is not None and self.process.poll() is None
 
     def kill(self) -> None:
-        """Stop the server abruptly (a test of what clients do when their server vanishes)."""
+        """Stop the server abruptly (a test of what clients do when their server vanishes). A killed jackd leaves its
+        entry in JACK's shared registry, which holds 8 servers and reclaims an entry only for the same name: prefer
+        ``stop`` (SIGTERM) wherever it shows the same thing."""
         if self.alive():
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(timeout=5)
