@@ -1076,11 +1076,10 @@ def build_parser() -> argparse.ArgumentParser:
 def entry() -> int:
     """The ``timbreclip`` command: ``main``, then PortAudio closed so that a JACK server gone or stalled cannot turn
     the exit code into an abort (``realtime.devices.release_audio``)."""
-    code = main()
-    if "sounddevice" in sys.modules:
-        from timbreclip.realtime.devices import release_audio
+    from timbreclip.realtime.devices import release_audio  # light: no PortAudio import of its own
 
-        release_audio(code)
+    code = main()
+    release_audio(code)  # nothing to do where the command never loaded PortAudio
     return code
 
 
