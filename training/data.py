@@ -29,7 +29,7 @@ from timbreclip.dsp.parametric_eq import DEFAULT_BAND_TYPES as PARAMETRIC_BANDS
 from timbreclip.neural.frontend import LOG_FLOOR, FrontEnd, FrontEndConfig
 
 from timbreclip.library.gm import GM_FAMILIES
-from .labels import BRIGHTNESS_WORDS, EQ_ARCHETYPES, LOW_SHARE_CUTOFF_HZ, descriptor_words, sound_texts
+from .labels import BRIGHTNESS_WORDS, EQ_ARCHETYPES, LOW_SHARE_CUTOFF_HZ, descriptor_words, plain_texts, sound_texts
 from timbreclip.library.patchfolder import DatasetError, Note, read_patch_folder
 
 
@@ -48,9 +48,17 @@ def note_words(note: Note) -> list[str]:
     return descriptor_words(note.extra)
 
 
-def build_note_set(notes: list[Note]) -> NoteSet:
+TEXT_SETS = ("full", "plain")
+
+
+def build_note_set(notes: list[Note], texts: str = "full") -> NoteSet:
+    """Notes with their texts: ``texts`` "full" (``labels.sound_texts``: names, timbre words, descriptions) or
+    "plain" (``labels.plain_texts``: names only, the plain recipe's)."""
     words = [note_words(n) for n in notes]
-    texts = [sound_texts(n.title, n.instrument, n.category, w) for n, w in zip(notes, words)]
+    if texts not in TEXT_SETS:
+        raise ValueError(f"unknown text set {texts!r} ({', '.join(TEXT_SETS)})")
+    texts = [plain_texts(n.title, n.instrument, n.category) if texts == "plain"
+             else sound_texts(n.title, n.instrument, n.category, w) for n, w in zip(notes, words)]
     base, variants = [], {}
     key_to_base: dict[tuple[str, float], int] = {}
     for i, n in enumerate(notes):
@@ -62,6 +70,30 @@ def build_note_set(notes: list[Note]) -> NoteSet:
         if n.pitch_shift != 0.0 and (n.patch_id, n.pitch) in key_to_base:
             variants[key_to_base[(n.patch_id, n.pitch)]].append(i)
     return NoteSet(notes, texts, words, base, variants)
+
+
+def select_notes(notes: list[Note], sources=None, banks=None, pitch_variants: bool = True) -> list[Note]:
+    """The notes a run trains and validates on: only these ``sources`` (soundfont or synth names), only these
+    ``banks`` (notes with a GM program; others have no bank and are dropped when banks are given), and without the
+    pitch-shift variants unless ``pitch_variants``. A source or bank that matches nothing is an error."""
+    if sources is not None:
+        present = {n.source for n in notes}
+        missing = [s for s in sources if s not in present]
+        if missing:
+            raise DatasetError(f"sources {', '.join(missing)}: not in the data (it has {', '.join(sorted(present))})")
+        notes = [n for n in notes if n.source in set(sources)]
+    if banks is not None:
+        def bank(n):
+            b = n.extra.get("bank")
+            return int(b) if n.extra.get("program") not in (None, "") and b not in (None, "") else None
+        present = {bank(n) for n in notes} - {None}
+        missing = [b for b in banks if b not in present]
+        if missing:
+            raise DatasetError(f"banks {', '.join(map(str, missing))}: no soundfont note in the data has them")
+        notes = [n for n in notes if bank(n) in set(banks)]
+    if not pitch_variants:
+        notes = [n for n in notes if n.pitch_shift == 0.0]
+    return notes
 
 
 def split_validation(notes: list[Note], seed: int, per_family: int = 1,
@@ -245,10 +277,20 @@ def random_crop(logmel: torch.Tensor, rng: np.random.Generator, crop_frames: int
 
 def augment_batch(logmel: torch.Tensor, texts: list[list[str]], categories: list[str], rng: np.random.Generator,
                   random_eq: RandomEQ,
-                  p_eq: float, crop_frames: int | None, freq_masks: int, freq_mask_width: int) -> tuple[torch.Tensor, list[list[str]]]:
-    """Random crop, random EQ (with its words), frequency masking; returns standardised features and texts."""
+                  p_eq: float, crop_frames: int | None, freq_masks: int, freq_mask_width: int,
+                  mel_roll: int = 0) -> tuple[torch.Tensor, list[list[str]]]:
+    """Random crop, random EQ (with its words), mel-bin shift (``mel_roll``: each clip moved up or down by up to
+    that many mel bins, a crude pitch shift; the bins it leaves are filled with the clip's lowest value), frequency
+    masking; returns standardised features and texts."""
     batch, n_feat, _ = logmel.shape
     logmel = random_crop(logmel, rng, crop_frames)
+    if mel_roll:
+        for i in range(batch):
+            k = int(rng.integers(-mel_roll, mel_roll + 1))
+            if k:
+                floor = logmel[i].min()
+                logmel[i] = torch.roll(logmel[i], k, dims=0)
+                logmel[i, slice(0, k) if k > 0 else slice(k, None)] = floor
     texts = [list(t) for t in texts]
     for i in range(batch):
         if rng.random() < p_eq:

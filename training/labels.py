@@ -72,6 +72,13 @@ def descriptor_words(d: dict[str, str | float]) -> list[str]:
     return words
 
 
+def plain_texts(title: str, instrument: str, category: str) -> list[str]:
+    """The plain recipe's texts (the training issue's quick experiment): what the sound is called and nothing else
+    (title, title without its index, "title category", category, instrument); no timbre words, no descriptions."""
+    t = strip_index(title)
+    return list(dict.fromkeys(x for x in (title, t, f"{t} {category}", category, instrument) if x))
+
+
 def sound_texts(title: str, instrument: str, category: str, words: list[str]) -> list[str]:
     """Every text that describes one sound (deduplicated, order kept): title, title without its index, "title
     category", category, instrument, timbre words and their combinations, and plain-language descriptions. The

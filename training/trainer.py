@@ -44,7 +44,8 @@ from timbreclip.neural.encoder import AudioEncoderConfig
 from timbreclip.neural.frontend import FrontEnd
 from timbreclip.neural.model import ModelConfig, TimbreCLIP, resolve_device
 
-from .data import RandomEQ, augment_batch, random_crop, build_note_set, mel_cache, read_any, split_validation
+from .data import (TEXT_SETS, RandomEQ, augment_batch, random_crop, build_note_set, mel_cache, read_any,
+                   select_notes, split_validation)
 from .evaluation import QUERY_TYPES, evaluate_embeddings, load_eval_set, timbre_word_accuracy
 from .labels import DIRECTION_WORDS, EQ_ARCHETYPES, sample_texts
 
@@ -82,6 +83,13 @@ class TrainConfig:
     # that now includes the GM validation programs (``val_programs_per_family`` 0): it stops after this many epochs
     # and keeps the last one (``keep`` "last": there is no GM validation left to select with).
     stop_after_epochs: int | None = None
+    # what the run reads and says: "full" texts (names, timbre words, descriptions) or "plain" (names only); only
+    # these sources / GM banks (None = all); the synth's pitch-shift variants or not; a mel-bin shift augmentation
+    texts: str = "full"
+    sources: list | None = None
+    banks: list | None = None
+    pitch_variants: bool = True
+    mel_roll: int = 0
     keep: str = "best"  # "best": the best validation score's epoch; "last": the last epoch run
     extra: dict = field(default_factory=dict)
 
@@ -323,6 +331,10 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
         raise TimbreclipError(f"config {cfg.name}: keep must be \"best\" or \"last\", not {cfg.keep!r}")
     if cfg.batch_gm_share is not None and not 0.0 < cfg.batch_gm_share < 1.0:
         raise TimbreclipError(f"config {cfg.name}: batch_gm_share must be between 0 and 1 (exclusive)")
+    if cfg.texts not in TEXT_SETS:
+        raise TimbreclipError(f"config {cfg.name}: texts must be one of {', '.join(TEXT_SETS)}, not {cfg.texts!r}")
+    if not 0 <= cfg.mel_roll <= 16:
+        raise TimbreclipError(f"config {cfg.name}: mel_roll must be between 0 and 16 bins")
     rank, world = _dist()
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng([cfg.seed, rank])
@@ -331,9 +343,9 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
         raise TimbreclipError(f"{out_dir}: exists and is not a folder")
     out.mkdir(parents=True, exist_ok=True)
 
-    notes = read_any(data_dir)
+    notes = select_notes(read_any(data_dir), cfg.sources, cfg.banks, cfg.pitch_variants)
     train_idx, val_idx = split_validation(notes, cfg.seed, cfg.val_programs_per_family, cfg.val_synth_share)
-    note_set = build_note_set(notes)
+    note_set = build_note_set(notes, cfg.texts)
     train_set, val_set = set(train_idx), set(val_idx)
     train_base = [i for i in note_set.base if i in train_set]
     val_base = [i for i in note_set.base if i in val_set]
@@ -443,7 +455,8 @@ def _train_epoch(run: _Run, epoch: int, progress: bool) -> dict:
         logmel = logmel[torch.from_numpy(order_back)]
         texts = [note_set.texts[i] for i in picks]
         features, texts = augment_batch(logmel, texts, [notes[i].category for i in picks], rng, run.random_eq,
-                                        cfg.p_eq, cfg.crop_frames, cfg.freq_masks, cfg.freq_mask_width)
+                                        cfg.p_eq, cfg.crop_frames, cfg.freq_masks, cfg.freq_mask_width,
+                                        cfg.mel_roll)
         shown = texts
         if cfg.texts_per_step:  # a few texts per sound: title and category weighted up, an EQ's words kept
             shown = []
