@@ -375,3 +375,53 @@ def test_gm_share_batches_and_grouped_selection(tiny_set, tmp_path, capsys):
                      "--out", str(tmp_path / "d"), "--init", "model", str(tmp_path / "a" / "best")]) == 2
         assert ("keep must be" if "keep" in bad else "stop_after_epochs must be") in capsys.readouterr().err
         assert not (tmp_path / "d").exists()  # refused before any output folder
+
+
+def test_plain_texts_note_selection_and_mel_shift():
+    import torch
+
+    from timbreclip.library.patchfolder import DatasetError, Note
+    from timbreclip.neural.frontend import FrontEndConfig
+    from timbreclip.training.data import RandomEQ, augment_batch, build_note_set, select_notes
+    from timbreclip.training.labels import plain_texts
+
+    assert plain_texts("Pad 2", "Pad 2 (warm)", "Synth Pad") == ["Pad 2", "Pad", "Pad Synth Pad", "Synth Pad",
+                                                                   "Pad 2 (warm)"]
+
+    def note(pid, source, bank, shift=0.0, program="0"):
+        return Note(Path(f"{pid}.wav"), pid, "Piano 1", "Piano", 60, "Acoustic Grand Piano", source, shift,
+                    {"bank": str(bank), "program": program, "brightness": "5", "harmonics_below_nyquist": "20"})
+
+    notes = [note("a", "FontA", 0), note("a", "FontA", 0, 0.3), note("b", "FontA", 8), note("c", "FontB", 0),
+             Note(Path("s.wav"), "s", "Rezo Bass", "Bass", 48, "Synth Bass", "amsynth")]
+    assert [n.patch_id for n in select_notes(notes, ["FontA"], [0], False)] == ["a"]
+    assert [n.patch_id for n in select_notes(notes, None, [0])] == ["a", "a", "c"]  # no bank: the synth is dropped
+    assert len(select_notes(notes)) == 5
+    with pytest.raises(DatasetError, match="sources FontC: not in the data"):
+        select_notes(notes, ["FontA", "FontC"])
+    with pytest.raises(DatasetError, match="banks 9"):
+        select_notes(notes, None, [0, 9])
+    full, plain = build_note_set(notes[:1]).texts[0], build_note_set(notes[:1], "plain").texts[0]
+    assert "bright" in full and "bright" not in plain and set(plain) < set(full)
+
+    # the mel-bin shift moves a clip's spectrum along the mel axis and fills what it leaves with the clip's floor
+    logmel = torch.full((64, 20, 50), -5.0)
+    logmel[:, 10] = 1.0
+    rng = np.random.default_rng(0)
+    shifted, _ = augment_batch(logmel.clone(), [["x"]] * 64, ["Piano"] * 64, rng, RandomEQ(FrontEndConfig()),
+                               p_eq=0.0, crop_frames=None, freq_masks=0, freq_mask_width=0, mel_roll=3)
+    peaks = shifted[:, 0].mean(-1).argmax(-1)
+    assert set(peaks.tolist()) == set(range(7, 14))  # every shift in -3..+3 drawn, no wrap-around
+    assert torch.allclose(shifted[:, 0, :, 0].sort(-1).values[:, :-1], shifted[:, 0, :, 0].min(-1, keepdim=True).values.expand(-1, 19))
+
+
+def test_training_config_rejects_unknown_texts_and_a_huge_mel_shift(tiny_set, tmp_path, capsys):
+    for field, value, message in (("texts", "rich", "texts must be one of full, plain"),
+                                  ("mel_roll", 40, "mel_roll must be between 0 and 16"),
+                                  ("sources", ["NoSuchFont"], "sources NoSuchFont: not in the data")):
+        cfg = tmp_path / "bad.json"
+        cfg.write_text(json.dumps({"name": "bad", "model": "cpu", "width": 8, "epochs": 1, field: value}))
+        out = tmp_path / f"run-{field}"
+        assert main(["train", "--config", str(cfg), "--data", str(tiny_set), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1
