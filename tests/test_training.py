@@ -425,3 +425,4 @@ def test_training_config_rejects_unknown_texts_and_a_huge_mel_shift(tiny_set, tm
         assert main(["train", "--config", str(cfg), "--data", str(tiny_set), "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert message in err and len(err.strip().splitlines()) == 1
+        assert not out.exists()  # refused before any run folder is made

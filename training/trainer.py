@@ -341,9 +341,9 @@ def _set_up(cfg: TrainConfig, data_dir, out_dir, resume: bool, init_wav2clip, in
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise TimbreclipError(f"{out_dir}: exists and is not a folder")
+    notes = select_notes(read_any(data_dir), cfg.sources, cfg.banks, cfg.pitch_variants)  # bad data: no run folder
     out.mkdir(parents=True, exist_ok=True)
 
-    notes = select_notes(read_any(data_dir), cfg.sources, cfg.banks, cfg.pitch_variants)
     train_idx, val_idx = split_validation(notes, cfg.seed, cfg.val_programs_per_family, cfg.val_synth_share)
     note_set = build_note_set(notes, cfg.texts)
     train_set, val_set = set(train_idx), set(val_idx)
