@@ -141,6 +141,9 @@ class PortRig:
         self.midi_out = self.client.midi_outports.register("midi_out") if midi else None
         self.midi_port_name = f"{self.client.name}:midi_out" if midi else None
         self.client.set_process_callback(self._process)
+        self._freewheeling = threading.Event()
+        self.client.set_freewheel_callback(lambda starting: (self._freewheeling.set if starting
+                                                             else self._freewheeling.clear)())
         if midi:
             self.client.activate()  # the port exists for others to connect to from now on
 
@@ -189,10 +192,14 @@ class PortRig:
             if before is not None:
                 before()
             self._done.clear()
-            self._pos = 0
-            if freewheel:
+            if freewheel:  # the signal starts once the server freewheels: a real-time cycle missed under load
+                # before the switch would drop a block of it (the client under test is not what that measures)
                 self.client.transport_stop()
+                self._freewheeling.clear()
                 self._set_freewheel(True)
+                if not self._freewheeling.wait(10.0):
+                    raise TimeoutError("the JACK server did not enter freewheel mode within 10 s")
+            self._pos = 0
             if not self._done.wait(timeout_s):
                 raise TimeoutError("the JACK rig did not finish in time")
         finally:
