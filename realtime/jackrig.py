@@ -142,8 +142,7 @@ class PortRig:
         self.midi_port_name = f"{self.client.name}:midi_out" if midi else None
         self.client.set_process_callback(self._process)
         self._freewheeling = threading.Event()
-        self.client.set_freewheel_callback(lambda starting: (self._freewheeling.set if starting
-                                                             else self._freewheeling.clear)())
+        self.client.set_freewheel_callback(self._on_freewheel)
         if midi:
             self.client.activate()  # the port exists for others to connect to from now on
 
@@ -212,6 +211,12 @@ class PortRig:
                 for port in self.outports + self.inports:
                     port.unregister()
         return self._record
+
+    def _on_freewheel(self, starting: bool) -> None:  # JACK's notification thread
+        if starting:
+            self._freewheeling.set()
+        else:
+            self._freewheeling.clear()
 
     def _set_freewheel(self, on: bool) -> None:
         self.client.set_freewheel(on)

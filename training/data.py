@@ -81,7 +81,8 @@ def select_notes(notes: list[Note], sources=None, banks=None, pitch_variants: bo
         missing = [s for s in sources if s not in present]
         if missing:
             raise DatasetError(f"sources {', '.join(missing)}: not in the data (it has {', '.join(sorted(present))})")
-        notes = [n for n in notes if n.source in set(sources)]
+        wanted = set(sources)
+        notes = [n for n in notes if n.source in wanted]
     if banks is not None:
         def bank(n):
             b = n.extra.get("bank")
@@ -90,7 +91,8 @@ def select_notes(notes: list[Note], sources=None, banks=None, pitch_variants: bo
         missing = [b for b in banks if b not in present]
         if missing:
             raise DatasetError(f"banks {', '.join(map(str, missing))}: no soundfont note in the data has them")
-        notes = [n for n in notes if bank(n) in set(banks)]
+        wanted_banks = set(banks)
+        notes = [n for n in notes if bank(n) in wanted_banks]
     if not pitch_variants:
         notes = [n for n in notes if n.pitch_shift == 0.0]
     return notes

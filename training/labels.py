@@ -84,9 +84,7 @@ def sound_texts(title: str, instrument: str, category: str, words: list[str]) ->
     category", category, instrument, timbre words and their combinations, and plain-language descriptions. The
     source (a soundfont's or synth's name) is not a text: it says nothing about the sound on another source."""
     t = strip_index(title)
-    texts = [title, t, f"{t} {category}", category]
-    if instrument:
-        texts.append(instrument)
+    texts = plain_texts(title, instrument, category)
     for w in words:
         texts += [w, f"{w} {category}", f"{w} {t}"]
     texts += descriptions(category, instrument, words)
