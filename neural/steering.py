@@ -230,6 +230,11 @@ def steering_objective(model, power: torch.Tensor, target: torch.Tensor, config:
         distance = 1.0 - z @ target
         return distance + regulariser(eq, gains, spectrum), distance, z
 
+    def penalty(eq: ParametricEQ) -> torch.Tensor:
+        """The objective's terms besides the distance, ``(K,)``: no pass through the encoder."""
+        return regulariser(eq, eq.gain_on_grid(fe_cfg.n_fft).reshape(-1, power.shape[1]), spectrum)
+
+    objective.penalty = penalty
     return objective
 
 
@@ -268,26 +273,22 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     lr = config.lr
     eq = ParametricEQ(fe_cfg.sample_rate, ranges=ranges).to(device)
     objective = steering_objective(model, power, target, config)
-    with torch.no_grad():
-        obj0, dist0 = (float(v[0]) for v in objective(eq)[:2])  # flat: every mode's improvement is measured from here
-    start_score = None  # the objective where Adam starts, where a branch below already knows it
+    with torch.no_grad():  # flat, which every mode's improvement is measured from: its embedding is the source's
+        dist0 = float(1.0 - z_source @ target)  # (the pass above), so only the penalty is computed here
+        obj0 = dist0 + float(objective.penalty(eq)[0])
+    start_score = None  # the objective where Adam starts, where a branch below already knows it (else Adam's first
+    flat_fallback = False  # look scores the start; with this set, flat replaces a start that scores worse
     if config.init == "predict" and config.steps == 0:  # the prediction alone: one forward pass
         eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity, objective)
     elif start is not None and tuple(b.type for b in start.bands) == eq.band_types:
         eq = ParametricEQ.from_settings(start, fe_cfg.sample_rate, ranges).to(device)
-    elif config.init == "predict":  # the prediction or flat, whichever scores better (flat's score is obj0); scoring
-        # the broad moves too cost 0.13 s of a 0.3 s budget and reached less (90.4% against 92.4% of the full fit's
-        # gain on 24 validation fits)
+    elif config.init == "predict":  # the prediction or flat, whichever scores better (flat's score is obj0; the
+        # prediction's is Adam's first look); scoring the broad moves too cost 0.13 s of a 0.3 s budget and reached
+        # less (90.4% against 92.4% of the full fit's gain on 24 validation fits)
         if config.predict_lr is not None:
             lr = config.predict_lr
-        predicted = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity,
-                               objective)
-        with torch.no_grad():
-            score = float(objective(predicted)[0][0])
-        if score < obj0:
-            eq, start_score = predicted, score
-        else:
-            start_score = obj0
+        eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity, objective)
+        flat_fallback = True
     elif config.init == "broad":
         with torch.no_grad():
             moves = _broad_eq(eq).to(device)
@@ -301,11 +302,8 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     else:
         raise ValueError(f"unknown steering init {config.init!r} (broad, predict or flat)")
 
-    if start_score is None and config.steps > 0:
-        with torch.no_grad():
-            start_score = float(objective(eq)[0].min())
     opt = torch.optim.Adam(eq.parameters(), lr=lr, betas=config.betas)
-    best, since = (math.inf if start_score is None else start_score), 0
+    best, since = start_score, 0
     best_state = {k: v.detach().clone() for k, v in eq.state_dict().items()}
     loop_started, done = time.perf_counter(), 0
     for step in range(1, config.steps + 1):
@@ -318,6 +316,13 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
                 g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / config.steps))
         losses = objective(eq)[0]
         value = float(losses.detach().min())
+        if best is None:  # this first look scores the start (no separate pass for it)
+            if flat_fallback and value >= obj0:  # the prediction scores worse than flat: Adam starts flat
+                with torch.no_grad():
+                    eq.load_state_dict(ParametricEQ(fe_cfg.sample_rate, ranges=ranges).state_dict())
+                losses = objective(eq)[0]
+                value = float(losses.detach().min())
+            best, best_state = value, {k: v.detach().clone() for k, v in eq.state_dict().items()}
         if value < best - config.tolerance:  # remember these parameters (the ones the loss was measured at)
             best, since = value, 0
             best_state = {k: v.detach().clone() for k, v in eq.state_dict().items()}
@@ -331,7 +336,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         done += 1
     with torch.no_grad():  # one look at where Adam ended (a second only when the last step overshot)
         out = objective(eq)
-        if float(out[0].min()) > best:  # the last step overshot: keep the best parameters
+        if best is not None and float(out[0].min()) > best:  # the last step overshot: keep the best parameters
             eq.load_state_dict(best_state)
             out = objective(eq)
         if out[0].numel() > 1:

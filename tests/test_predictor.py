@@ -93,6 +93,45 @@ def test_a_predicted_start_is_refined_at_its_own_learning_rate(setup):
     assert max(large.values()) > 0.1, large  # a step the last one would have kept (or none, where it overshot)
 
 
+def test_a_prediction_worse_than_flat_gives_way_to_flat_and_flat_is_scored_without_the_encoder(setup):
+    """The prediction is scored by Adam's first look (no pass of its own): where it scores worse than flat, Adam
+    starts flat, so the fit is the one a flat start makes at the same rate. The flat score every mode starts from
+    comes from the source's embedding (no pass of its own either) and equals the objective at flat."""
+    from timbreclip.dsp.parametric_eq import ParametricEQ
+    from timbreclip.neural.steering import steering_objective
+
+    model_dir, _, _ = setup
+    model = TimbreCLIP.load(model_dir)
+    windows = torch.from_numpy(prepare_audio(_tone(220), 16000, model.config.frontend))
+    harsh = SteeringPredictor.load(model_dir, model)
+    with torch.no_grad():  # every band at the far end of its gain range: +-9 dB stacked, far worse than flat
+        harsh.net[-1].bias.view(-1, 3)[:, 1] += 8.0
+        if harsh.refiner is not None:
+            harsh.refiner[-1].weight.zero_()
+            harsh.refiner[-1].bias.zero_()
+    config = SteeringConfig.offline(init="predict", steps=3, early_exit=False, predict_lr=0.05)
+    alone = steer(model, windows, {"warm": 1.0}, 0.5, replace(config, steps=0), predictor=harsh)
+    assert alone.objective_after > alone.objective_before + 0.01  # the harsh answer really is worse than flat
+    fell_back = steer(model, windows, {"warm": 1.0}, 0.5, config, predictor=harsh)
+    from_flat = steer(model, windows, {"warm": 1.0}, 0.5, replace(config, init="flat", lr=0.05))
+    assert torch.equal(fell_back.eq.raw().detach(), from_flat.eq.raw().detach())
+    assert fell_back.objective_after == pytest.approx(from_flat.objective_after, abs=1e-7)
+    with torch.no_grad():
+        power = model.frontend.power(windows)
+        flat = ParametricEQ(16000, ranges=alone.eq.ranges)
+        obj, dist, _ = steering_objective(model, power, _target(model, windows, "warm"), config)(flat)
+    assert fell_back.objective_before == pytest.approx(float(obj[0]), abs=1e-6)
+    assert fell_back.distance_before == pytest.approx(float(dist[0]), abs=1e-6)
+
+
+def _target(model, windows, prompt):
+    from timbreclip.neural.steering import steering_target
+
+    with torch.no_grad():
+        z = F.normalize(model.encode_waveforms(windows).mean(0), dim=-1)
+        return steering_target(model, z, {prompt: 1.0}, 0.5)
+
+
 def test_eq_fast_predict_cli(setup, tmp_path, capsys):
     model_dir, data, _ = setup
     out = tmp_path / "o.wav"
