@@ -148,7 +148,7 @@ def predictor_table(model, clips, fe, args, by_fit) -> dict:
         rows[prompt] = {"notes": len(moved), "moved_right_way_percent": round(100 * float(np.mean(moved)), 1),
                         "median_improvement": round(float(np.median(gains)), 4),
                         "fast_median_improvement": round(float(np.median(fast_gains)), 4) if fast_gains else None}
-    return {"fits": len(pass_ms), "second_step": predictor.refiner is not None, "median_pass_ms": float(np.median(pass_ms)),
+    return {"fits": len(pass_ms), "second_step": predictor.refiner is not None, "learned_steps": len(predictor.steps()), "median_pass_ms": float(np.median(pass_ms)),
             "p95_pass_ms": float(np.percentile(pass_ms, 95)),
             "median_with_embeddings_ms": float(np.median(full_ms)),
             "p95_with_embeddings_ms": float(np.percentile(full_ms, 95)),
@@ -156,6 +156,14 @@ def predictor_table(model, clips, fe, args, by_fit) -> dict:
             "mean_share_of_fast_percent": round(100 * sum(pred_all) / sum(fast_all), 1) if fast_all else None,
             "worst_prompt_right_way_percent": min(r["moved_right_way_percent"] for r in rows.values()),
             "prompts": rows}
+
+
+def _pass_words(learned_steps: int) -> str:
+    if not learned_steps:
+        return "the network"
+    if learned_steps == 1:
+        return "the network, the probe and the second step"
+    return f"the network and {learned_steps} learned steps, each after its own probe"
 
 
 def main() -> None:
@@ -330,7 +338,7 @@ def main() -> None:
     if predictor_report:
         c = predictor_report
         print(f"one-pass predictor on {c['fits']} fits: {c['median_pass_ms']:.2f} ms per prediction "
-              f"({'the network, the probe and the second step' if c['second_step'] else 'the network'}; p95 "
+              f"({_pass_words(c['learned_steps'])}; p95 "
               f"{c['p95_pass_ms']:.2f}), {c['median_with_embeddings_ms']:.1f} ms with the STFT, embeddings and its "
               f"other inputs (p95 "
               f"{c['p95_with_embeddings_ms']:.1f}); median share of the fast optimiser's cosine improvement "

@@ -21,7 +21,9 @@ objective itself; it knows one model's embedding space only, so it is saved besi
   gradient with respect to the EQ's parameters), and a second small network maps that probe, with the first
   network's hidden features, to a correction of the parameters. It is trained on the objective after the correction
   (``training/predictor.py``), so it learns where one look at the objective's slope should take the EQ: an
-  amortised optimiser step, not Adam's fixed rule.
+  amortised optimiser step, not Adam's fixed rule. Where ``refine_steps`` > 1, more learned steps follow, each
+  after its own probe at the answer before it (own weights, the same inputs; ``train-predictor --add-step`` trains
+  one more on top of a predictor): each costs one more forward and backward pass.
 - Used alone (``eq --fast-predict``, the live loop's ``--fast-predict`` updates) or as the optimiser's starting point
   (``SteeringConfig(init="predict")``: the prediction, or flat where it scores worse, starts Adam).
 """
@@ -56,6 +58,7 @@ class PredictorConfig:
     spectrum_bands: int = 0  # the source's spectral profile as input (0: embeddings only, the first predictor)
     sensitivity_bands: int = 0  # the objective's gradient at flat per log band as input (0: none)
     refine_hidden: int = 0  # width of the learned second step (0: one network, no probe of the objective)
+    refine_steps: int = 1  # learned steps after the first answer, each after its own probe (with refine_hidden)
 
 
 class SteeringPredictor(nn.Module):
@@ -69,15 +72,25 @@ class SteeringPredictor(nn.Module):
         nn.init.zeros_(self.net[-1].weight)  # starts flat
         nn.init.zeros_(self.net[-1].bias)
         self.refiner = None
+        self.later_refiners = nn.ModuleList()  # the learned steps after the second (own weights, the same shape)
         if config.refine_hidden:
-            size = config.hidden + config.dim + 3 * config.bands + Probe.feature_count(config.bands)
-            self.refiner = nn.Sequential(nn.Linear(size, config.refine_hidden), nn.GELU(),
-                                         nn.Linear(config.refine_hidden, config.refine_hidden), nn.GELU(),
-                                         nn.Linear(config.refine_hidden, 3 * config.bands))
-            nn.init.zeros_(self.refiner[-1].weight)  # starts as the first answer
-            nn.init.zeros_(self.refiner[-1].bias)
+            self.refiner = self._step_network()
+            self.later_refiners.extend(self._step_network() for _ in range(config.refine_steps - 1))
         flat = ParametricEQ(16000.0, ranges=self.ranges())
         self.register_buffer("flat_raw", flat.raw().detach().clone())
+
+    def _step_network(self) -> nn.Sequential:
+        size = self.config.hidden + self.config.dim + 3 * self.config.bands + Probe.feature_count(self.config.bands)
+        net = nn.Sequential(nn.Linear(size, self.config.refine_hidden), nn.GELU(),
+                            nn.Linear(self.config.refine_hidden, self.config.refine_hidden), nn.GELU(),
+                            nn.Linear(self.config.refine_hidden, 3 * self.config.bands))
+        nn.init.zeros_(net[-1].weight)  # starts as the answer it is given
+        nn.init.zeros_(net[-1].bias)
+        return net
+
+    def steps(self) -> list[nn.Sequential]:
+        """The learned steps after the first answer, in order (none without a second step)."""
+        return ([] if self.refiner is None else [self.refiner]) + list(self.later_refiners)
 
     def ranges(self) -> BandRanges:
         return BandRanges(gain_db=(-self.config.max_gain_db, self.config.max_gain_db), q=tuple(self.config.q_range))
@@ -103,23 +116,27 @@ class SteeringPredictor(nn.Module):
         hidden = self.net[:-1](torch.cat(parts, dim=-1))
         return self.flat_raw + self.net[-1](hidden).reshape(-1, self.config.bands, 3), hidden
 
-    def refine(self, raw: torch.Tensor, hidden: torch.Tensor, z_target: torch.Tensor, probe: "Probe") -> torch.Tensor:
-        """The second step: the first answer ``raw`` corrected from the objective probed there (see ``probe``)."""
+    def refine(self, raw: torch.Tensor, hidden: torch.Tensor, z_target: torch.Tensor, probe: "Probe",
+               step: int = 0) -> torch.Tensor:
+        """A learned step: the answer ``raw`` corrected from the objective probed there (see ``probe``); ``step`` 0
+        is the second step (on the first answer), 1 the third (on the second step's answer), and so on."""
         x = torch.cat([hidden, z_target - probe.z, (raw - self.flat_raw).flatten(1), probe.features()], dim=-1)
-        return raw + self.refiner(x).reshape(-1, self.config.bands, 3)
+        return raw + self.steps()[step](x).reshape(-1, self.config.bands, 3)
 
     def predict(self, z_source: torch.Tensor, z_target: torch.Tensor, spectrum: torch.Tensor | None = None,
                 sensitivity: torch.Tensor | None = None, objective=None, sample_rate: float = 16000.0) -> torch.Tensor:
-        """Raw EQ parameters ``(B, bands, 3)``: the first network's answer, and where this predictor has a second
-        step, that answer corrected after one probe of ``objective`` (a function of a batched ``ParametricEQ`` in
-        this predictor's ranges at ``sample_rate`` -> ``(objective (B,), cosine distance (B,), normalised
-        embedding (B, dim))``, as ``steer`` builds it)."""
+        """Raw EQ parameters ``(B, bands, 3)``: the first network's answer, and where this predictor has learned
+        steps, that answer corrected by each in turn after its own probe of ``objective`` (a function of a batched
+        ``ParametricEQ`` in this predictor's ranges at ``sample_rate`` -> ``(objective (B,), cosine distance (B,),
+        normalised embedding (B, dim))``, as ``steer`` builds it)."""
         raw, hidden = self.first_pass(z_source, z_target, spectrum, sensitivity)
         if self.refiner is None:
             return raw
         if objective is None:
             raise TimbreclipError("this steering predictor's second step needs the steering objective to probe")
-        return self.refine(raw, hidden, z_target, probe(self, raw, objective, sample_rate))
+        for step in range(len(self.steps())):
+            raw = self.refine(raw, hidden, z_target, probe(self, raw, objective, sample_rate), step)
+        return raw
 
     def eq(self, z_source: torch.Tensor, z_target: torch.Tensor, sample_rate: float,
            spectrum: torch.Tensor | None = None, sensitivity: torch.Tensor | None = None) -> ParametricEQ:

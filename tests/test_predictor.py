@@ -313,3 +313,65 @@ def test_refine_only_keeps_the_first_network_and_old_files_load(setup, tmp_path)
     bare = save_tiny_model(tmp_path / "bare", seed=3)
     with pytest.raises(TimbreclipError, match="no steering predictor"):
         run(str(bare), [str(data)], draws=30, notes=12, refine_only=True, log=lambda *a: None)
+
+
+def test_add_step_trains_a_third_step_after_its_own_probe_and_keeps_the_rest(setup, tmp_path):
+    """``--add-step`` keeps the whole predictor (first network and second step bit-identical) and trains one more
+    learned step, which probes the objective again at the second step's answer: a prediction then probes twice,
+    and the file says so. A predictor with no second step is refused with one line, before any work."""
+    import shutil
+
+    from timbreclip.neural import predictor as predictor_module
+    from timbreclip.neural.predictor import predictor_inputs
+    from timbreclip.neural.steering import steering_objective
+    from timbreclip.training.predictor import run
+
+    model_dir, data, _ = setup
+    work = tmp_path / "m"
+    shutil.copytree(model_dir, work)
+    model = TimbreCLIP.load(work)
+    two = SteeringPredictor.load(work, model)
+    report = run(str(work), [str(data)], draws=30, notes=12, seed=1, epochs=2, add_step=True, log=lambda *a: None)
+    three = SteeringPredictor.load(work, model)
+    assert three.config.refine_steps == 2 and len(three.steps()) == 2 and report["refine_steps"] == 2
+    assert report["step3_epochs"] == 2 and len(report["step3_held_out_objective_before"]) == 2
+    assert report["step3_held_out_objective"] <= report["step3_held_out_objective_before"][-1] + 1e-9
+    for k, v in two.state_dict().items():
+        assert torch.equal(three.state_dict()[k], v), k
+    assert any(not torch.equal(p, torch.zeros_like(p)) for p in three.later_refiners.parameters())
+
+    windows = torch.from_numpy(prepare_audio(_tone(247, bright=0.8), 16000, model.config.frontend))
+    power = model.frontend.power(windows)
+    z, target, profile, sensitivity = predictor_inputs(model, three, power, {"dark": 1.0}, 0.5)
+    objective = steering_objective(model, power, target, SteeringConfig.offline())
+    looks = []
+    real_probe = predictor_module.probe
+
+    def counting_probe(*args):
+        looks.append(1)
+        return real_probe(*args)
+
+    predictor_module.probe = counting_probe
+    try:
+        with torch.no_grad():
+            second = two.predict(z[None], target[None], profile, sensitivity, objective, 16000.0)
+            third = three.predict(z[None], target[None], profile, sensitivity, objective, 16000.0)
+    finally:
+        predictor_module.probe = real_probe
+    assert len(looks) == 3  # one probe for the two-step predictor, two for the three-step one
+    p = real_probe(three, second, objective, 16000.0)
+    with torch.no_grad():
+        hidden = three.first_pass(z[None], target[None], profile, sensitivity)[1]
+        torch.testing.assert_close(third, three.refine(second, hidden, target[None], p, 1))
+    assert not torch.allclose(second, third)
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    plain = SteeringPredictor(type(two.config)(**{**two.config.__dict__, "refine_hidden": 0}))
+    plain.load_state_dict({k: v for k, v in two.state_dict().items() if not k.startswith("refiner.")})
+    plain.save(bare)
+    with pytest.raises(TimbreclipError, match="no second step to add to"):
+        run(str(bare), [str(data)], draws=30, notes=12, add_step=True, log=lambda *a: None)
+    with pytest.raises(SystemExit) as refused:  # one or the other: argparse's one line, exit 2
+        main(["train-predictor", "--model", str(bare), "--data", str(data), "--add-step", "--refine-only"])
+    assert refused.value.code == 2

@@ -295,9 +295,14 @@ def _add_train_predictor(sub) -> None:
                         "and corrects it (one more forward and backward pass per prediction; default 128; 0: none)")
     p.add_argument("--refine-epochs", type=_number("--refine-epochs", 1, 10_000, integer=True), default=None,
                    help="epochs of the second step (default: --epochs)")
-    p.add_argument("--refine-only", action="store_true",
-                   help="keep the first network of the predictor already beside the model; train the second "
-                        "step only")
+    keep = p.add_mutually_exclusive_group()
+    keep.add_argument("--refine-only", action="store_true",
+                      help="keep the first network of the predictor already beside the model; train the second "
+                           "step only")
+    keep.add_argument("--add-step", action="store_true",
+                      help="keep the whole predictor already beside the model and train one more learned step "
+                           "after its last (one more probe of the objective, a forward and a backward pass, per "
+                           "prediction)")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_train_predictor)
 
@@ -307,7 +312,14 @@ def _run_train_predictor(args) -> int:
 
     report = run(args.model, args.data, fits=args.fits, draws=args.draws, notes=args.notes, seed=args.seed,
                  epochs=args.epochs, spectrum_bands=args.spectrum_bands, sensitivity_bands=args.sensitivity_bands,
-                 refine_hidden=args.refine_hidden, refine_epochs=args.refine_epochs, refine_only=args.refine_only)
+                 refine_hidden=args.refine_hidden, refine_epochs=args.refine_epochs, refine_only=args.refine_only,
+                 add_step=args.add_step)
+    if args.add_step:
+        n = report["refine_steps"] + 1
+        print(f"steering predictor saved to {report['saved']}: step {n} added, held-out objective "
+              f"{' -> '.join(str(v) for v in report[f'step{n}_held_out_objective_before'])} -> "
+              f"{report[f'step{n}_held_out_objective']}")
+        return 0
     print(f"steering predictor saved to {report['saved']}: held-out objective {report.get('held_out_objective')}, "
           + (f"curve RMS {report['distill_rms_db']} dB after distillation " if report.get("distill_rms_db")
              is not None else "no distillation ") + f"({report.get('fits')} fits, {report.get('draws')} draws)"

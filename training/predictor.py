@@ -12,6 +12,10 @@ steering objective itself (``timbreclip train-predictor``).
    plus the gain and shape penalties) on the predicted EQs, batched, with the distillation loss kept at a small
    weight so the predictor stays near EQs the optimiser would choose.
 
+4. Learned steps (``train_refiner``): the second step (``--refine-only`` retrains it alone), and with
+   ``--add-step`` one more after the predictor's last, each on the objective probed where the steps before it left
+   the EQ, everything before it frozen.
+
 A fifth of the notes (every draw on them) is held out; the epoch with the best held-out objective is kept. The
 predictor also takes the source's spectral profile (``spectrum_bands``, 32 by default) and the objective's gradient
 at flat per band (``sensitivity_bands``, 32 by default); 0 leaves either out. With no fits (``fits=0``) the
@@ -268,60 +272,97 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
 
 
 def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs: int = 10, hidden: int = 128,
-                  batch: int = 32, lr: float = 2e-3, seed: int = 0, log=print) -> tuple[SteeringPredictor, dict]:
-    """The learned second step (see ``neural/predictor.py``) on top of ``predictor``, whose first network stays as it
-    is: the objective is probed once at every draw's first answer (the first network is frozen, so once for all
-    epochs), then the second network is trained on the objective after its correction. The same split by note as
-    the first stage; the epoch with the best held-out objective is kept."""
+                  batch: int = 32, lr: float = 2e-3, seed: int = 0, add_step: bool = False,
+                  log=print) -> tuple[SteeringPredictor, dict]:
+    """A learned step (see ``neural/predictor.py``) on top of ``predictor``, whose first network stays as it is:
+    the second step, trained afresh (any learned steps ``predictor`` has are dropped), or with ``add_step`` one more
+    step after those it has (they stay as they are). The objective is probed once at every draw's answer before the
+    new step (everything before it is frozen, so once for all epochs), then the new step's network is trained on
+    the objective after its correction. The same split by note as the first stage; the epoch with the best
+    held-out objective is kept."""
     torch.manual_seed(seed)
     config = SteeringConfig.offline()
     pc = predictor.config
-    refined = SteeringPredictor(replace(pc, refine_hidden=hidden))
-    refined.load_state_dict({k: v for k, v in predictor.state_dict().items() if not k.startswith("refiner.")},
-                            strict=False)  # the first network as it was; a second step, if any, starts afresh
-    for p in refined.net.parameters():
+    if add_step:
+        if predictor.refiner is None:
+            raise TimbreclipError("--add-step: the predictor beside the model has no second step to add to "
+                                  "(train one with --refine-only first)")
+        refined = SteeringPredictor(replace(pc, refine_steps=pc.refine_steps + 1))
+        refined.load_state_dict(predictor.state_dict(), strict=False)  # every step it had, as it was
+    else:
+        refined = SteeringPredictor(replace(pc, refine_hidden=hidden, refine_steps=1))
+        refined.load_state_dict({k: v for k, v in predictor.state_dict().items()
+                                 if not k.startswith(("refiner.", "later_refiners."))}, strict=False)
+    new_step = len(refined.steps()) - 1
+    for p in refined.parameters():
         p.requires_grad_(False)
+    for p in refined.steps()[new_step].parameters():
+        p.requires_grad_(True)
     s = _Draws(model, draws, pc.spectrum_bands, pc.sensitivity_bands, seed, config, log)
     rate = s.fe_cfg.sample_rate
     started = time.time()
     with torch.no_grad():
         raw, hid = refined.first_pass(*s.inputs(list(range(len(draws)))))
-    probes = []
-    for k in range(0, len(draws), 32):
-        idx = list(range(k, min(k + 32, len(draws))))
-        probes.append(probe(refined, raw[idx], lambda eq, idx=idx: s.objective(eq, idx), rate))
-    probes = Probe(*(torch.cat([getattr(p, f) for p in probes]) for f in ("z", "objective", "distance", "grad")))
-    log(f"the objective probed at {len(draws)} first answers in {time.time() - started:.0f} s")
+
+    def probed(at: torch.Tensor) -> Probe:
+        parts = []
+        for k in range(0, len(draws), 32):
+            idx = list(range(k, min(k + 32, len(draws))))
+            parts.append(probe(refined, at[idx], lambda eq, idx=idx: s.objective(eq, idx), rate))
+        return Probe(*(torch.cat([getattr(p, f) for p in parts]) for f in ("z", "objective", "distance", "grad")))
+
+    val = torch.as_tensor(s.val_idx)
+    before = []  # the held-out objective at the first answer and after each step the predictor already has
+    for step in range(new_step):
+        probes = probed(raw)
+        before.append(float(probes.objective[val].mean()))
+        with torch.no_grad():
+            raw = refined.refine(raw, hid, s.targets, probes, step)
+    probes = probed(raw)
+    before.append(float(probes.objective[val].mean()))
+    log(f"the objective probed at {len(draws)} answers ({new_step + 1} probe(s) each) in {time.time() - started:.0f} s")
 
     def objective(idx) -> torch.Tensor:
         idx_t = torch.as_tensor(idx)
-        raw2 = refined.refine(raw[idx_t], hid[idx_t], s.targets[idx_t], probes.select(idx_t))
+        raw2 = refined.refine(raw[idx_t], hid[idx_t], s.targets[idx_t], probes.select(idx_t), new_step)
         return s.objective(ParametricEQ.from_raw(rate, raw2, DEFAULT_BAND_TYPES, refined.ranges()), idx)[0]
 
     def held_out() -> float:
         with torch.no_grad():
             return float(torch.cat([objective(s.val_idx[k:k + 64]) for k in range(0, len(s.val_idx), 64)]).mean())
 
-    first_answer = float(probes.objective[torch.as_tensor(s.val_idx)].mean())
-    best, history = _objective_epochs(refined, refined.refiner.parameters(), lambda b: objective(b).mean(), held_out,
-                                      s.train_idx, s.rng, epochs, batch, lr, "second step", log)
-    return refined, {"refine_hidden": hidden, "refine_epochs": epochs, "refine_draws": len(draws),
-                     "refine_held_out_draws": len(s.val_idx), "held_out_objective_first_answer": round(first_answer, 5),
-                     "held_out_objective_refined": round(best, 5), "refine_history": history}
+    label = "second step" if new_step == 0 else f"step {new_step + 2}"
+    best, history = _objective_epochs(refined, refined.steps()[new_step].parameters(), lambda b: objective(b).mean(),
+                                      held_out, s.train_idx, s.rng, epochs, batch, lr, label, log)
+    if new_step == 0:
+        return refined, {"refine_hidden": hidden, "refine_epochs": epochs, "refine_draws": len(draws),
+                         "refine_held_out_draws": len(s.val_idx), "held_out_objective_first_answer": round(before[0], 5),
+                         "held_out_objective_refined": round(best, 5), "refine_history": history, "refine_steps": 1}
+    return refined, {"refine_steps": new_step + 1, f"step{new_step + 2}_epochs": epochs,
+                     f"step{new_step + 2}_draws": len(draws), f"step{new_step + 2}_held_out_draws": len(s.val_idx),
+                     f"step{new_step + 2}_held_out_objective_before": [round(v, 5) for v in before],
+                     f"step{new_step + 2}_held_out_objective": round(best, 5), f"step{new_step + 2}_history": history}
 
 
 def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, notes: int = 600, seed: int = 0,
         epochs: int = 12, spectrum_bands: int = 32, sensitivity_bands: int = 32, refine_hidden: int = 128,
-        refine_epochs: int | None = None, refine_only: bool = False, log=print) -> dict:
+        refine_epochs: int | None = None, refine_only: bool = False, add_step: bool = False, log=print) -> dict:
     """``timbreclip train-predictor``: draws and fits, training (the first network, then the learned second step
     where ``refine_hidden`` > 0), and the predictor saved beside the model. ``refine_only``: keep the first network
-    of the predictor already beside the model and train its second step only."""
+    of the predictor already beside the model and train its second step only; ``add_step``: keep all of that
+    predictor and train one more learned step after its last (another probe of the objective per prediction).
+    Both are checked before any work: the predictor must be there, trained for this model."""
     from timbreclip.neural.model import TimbreCLIP
 
     model = TimbreCLIP.load(model_dir)
     model.eval()
     existing = None
-    if refine_only:
+    if add_step:
+        existing = SteeringPredictor.load(model_dir, model)
+        if existing.refiner is None:
+            raise TimbreclipError(f"{model_dir}: --add-step: its steering predictor has no second step to add to "
+                                  "(train one with --refine-only first)")
+    elif refine_only:
         if not refine_hidden:
             raise TimbreclipError("--refine-only needs a second step (--refine-hidden > 0)")
         existing = SteeringPredictor.load(model_dir, model)  # refused, with one line, if absent or another model's
@@ -329,23 +370,33 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
     if not picked:
         raise TimbreclipError(f"{', '.join(folders)}: no training notes between MIDI 36 and 96")
     started = time.time()
-    made = make_draws(model, picked, max(draws, fits), 0 if refine_only else fits, seed, SteeringConfig.offline(),
-                      log)
-    log(f"{len(made)} draws, {0 if refine_only else fits} of them fitted, in {time.time() - started:.0f} s")
+    reuse = refine_only or add_step  # the first network is kept: no optimiser fits to distil from
+    made = make_draws(model, picked, max(draws, fits), 0 if reuse else fits, seed, SteeringConfig.offline(), log)
+    log(f"{len(made)} draws, {0 if reuse else fits} of them fitted, in {time.time() - started:.0f} s")
     report_path = Path(model_dir) / "steering_predictor.json"
-    if refine_only:
+    if reuse:
         predictor = existing
         report = json.loads(report_path.read_text()) if report_path.is_file() else {}
     else:
         predictor, report = train_predictor(model, made, epochs_objective=epochs, seed=seed,
                                             spectrum_bands=spectrum_bands, sensitivity_bands=sensitivity_bands,
                                             log=log)
-    if refine_hidden:
+    if add_step:
+        predictor, refined = train_refiner(model, predictor, made, epochs=refine_epochs or epochs, seed=seed,
+                                           add_step=True, log=log)
+        report.update(refined)
+        n = predictor.config.refine_steps + 1
+        report.update({f"step{n}_notes": len(picked), f"step{n}_seconds": round(time.time() - started, 1),
+                       f"step{n}_data": [str(f) for f in folders]})
+    elif refine_hidden:
         predictor, refined = train_refiner(model, predictor, made, epochs=refine_epochs or epochs,
                                            hidden=refine_hidden, seed=seed, log=log)
+        report = {k: v for k, v in report.items() if not k.startswith("step")}  # a fresh second step: no later ones
         report.update(refined)
     path = predictor.save(model_dir)
-    if refine_only:  # the first network's figures stay those of its own run
+    if add_step:
+        report["saved"] = str(path)
+    elif refine_only:  # the first network's figures stay those of its own run
         report.update({"refine_notes": len(picked), "refine_seconds": round(time.time() - started, 1),
                        "refine_data": [str(f) for f in folders], "saved": str(path)})
     else:
