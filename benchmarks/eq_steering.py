@@ -97,14 +97,26 @@ def mode_config(mode: str, penalty: float | None, overrides: dict | None = None,
     return config if penalty is None else replace(config, penalty=penalty)
 
 
-def predictor_table(model, clips, fe, args, by_fit) -> dict:
-    """The one-pass predictor on the benchmark's notes and prompts: time per pass (with and without the two
-    embeddings), cosine improvement against the fast optimiser's on the same fit, notes moved the right way."""
-    from timbreclip.neural.predictor import find_predictor, predictor_inputs
+def benchmark_predictor(model, args):
+    """The model's predictor, stopped after ``--predictor-steps`` learned steps where that is given."""
+    from timbreclip.neural.predictor import find_predictor
 
     predictor = find_predictor(model)
     if predictor is None:
         raise SystemExit("--predictor: the model has no steering predictor beside it")
+    if args.predictor_steps is not None:
+        if not 0 <= args.predictor_steps <= len(predictor.steps()):
+            raise SystemExit(f"--predictor-steps: {args.predictor_steps}; this predictor has 0 to "
+                             f"{len(predictor.steps())} learned steps")
+        predictor = predictor.truncated(args.predictor_steps)
+    return predictor
+
+
+def predictor_table(model, clips, fe, args, by_fit, predictor) -> dict:
+    """The one-pass predictor on the benchmark's notes and prompts: time per pass (with and without the two
+    embeddings), cosine improvement against the fast optimiser's on the same fit, notes moved the right way."""
+    from timbreclip.neural.predictor import predictor_inputs
+
     rows, shares, fast_all, pred_all, pass_ms, full_ms = {}, [], [], [], [], []
     config = SteeringConfig.offline(init="predict", steps=0)
     for prompt, (kind, sign) in PROMPTS.items():
@@ -179,6 +191,9 @@ def main() -> None:
     ap.add_argument("--prompts", nargs="+", choices=sorted(PROMPTS), help="only these prompts")
     ap.add_argument("--predictor", action="store_true",
                     help="also measure the model's one-pass steering predictor (alone, and as the optimiser's start)")
+    ap.add_argument("--predictor-steps", type=int, default=None,
+                    help="with --predictor: stop it after this many learned steps (default: all it has; 0: the "
+                         "first answer alone)")
     ap.add_argument("--shape", type=float, help="default mode's shape penalty weight (development)")
     ap.add_argument("--knee", type=float, help="default mode's knee in dB (development)")
     ap.add_argument("--max-gain", type=float, help="default mode's band gain cap in dB (development)")
@@ -260,7 +275,8 @@ def main() -> None:
             100 * goals["default"]["mean_improvement"] / goals["surgical"]["mean_improvement"], 1)
     fast = mode_config("default", args.penalty, overrides, budget=True)  # the live loop's fast fit
 
-    predictor_report = predictor_table(model, clips, fe, args, by_fit) if args.predictor else None
+    predictor = benchmark_predictor(model, args) if args.predictor else None
+    predictor_report = predictor_table(model, clips, fe, args, by_fit, predictor) if args.predictor else None
 
     # optimiser checks on the same objective
     paper, penalty, started_from_prediction = [], [], []
@@ -276,7 +292,7 @@ def main() -> None:
                               "fast_seconds": f.seconds, "paper_seconds": p.seconds})
                 if args.predictor:  # the optimiser started from the prediction, with 0.3 s
                     q = steer(model, windows, {prompt: 1.0}, args.source_weight,
-                              replace(fast, init="predict", time_budget_s=0.3 / len(windows)))
+                              replace(fast, init="predict", time_budget_s=0.3 / len(windows)), predictor=predictor)
                     started_from_prediction.append({"gain": q.objective_before - q.objective_after,
                                                     "paper_gain": p.objective_before - p.objective_after,
                                                     "seconds": q.seconds})

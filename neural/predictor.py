@@ -33,7 +33,7 @@ from __future__ import annotations
 import json
 import os
 import weakref
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -124,19 +124,40 @@ class SteeringPredictor(nn.Module):
         return raw + self.steps()[step](x).reshape(-1, self.config.bands, 3)
 
     def predict(self, z_source: torch.Tensor, z_target: torch.Tensor, spectrum: torch.Tensor | None = None,
-                sensitivity: torch.Tensor | None = None, objective=None, sample_rate: float = 16000.0) -> torch.Tensor:
+                sensitivity: torch.Tensor | None = None, objective=None, sample_rate: float = 16000.0,
+                learned_steps: int | None = None) -> torch.Tensor:
         """Raw EQ parameters ``(B, bands, 3)``: the first network's answer, and where this predictor has learned
-        steps, that answer corrected by each in turn after its own probe of ``objective`` (a function of a batched
-        ``ParametricEQ`` in this predictor's ranges at ``sample_rate`` -> ``(objective (B,), cosine distance (B,),
-        normalised embedding (B, dim))``, as ``steer`` builds it)."""
+        steps, that answer corrected by each in turn (the first ``learned_steps`` of them where given) after its own
+        probe of ``objective`` (a function of a batched ``ParametricEQ`` in this predictor's ranges at
+        ``sample_rate`` -> ``(objective (B,), cosine distance (B,), normalised embedding (B, dim))``, as ``steer``
+        builds it)."""
         raw, hidden = self.first_pass(z_source, z_target, spectrum, sensitivity)
-        if self.refiner is None:
+        steps = len(self.steps()) if learned_steps is None else min(learned_steps, len(self.steps()))
+        if not steps:
             return raw
         if objective is None:
             raise TimbreclipError("this steering predictor's second step needs the steering objective to probe")
-        for step in range(len(self.steps())):
+        for step in range(steps):
             raw = self.refine(raw, hidden, z_target, probe(self, raw, objective, sample_rate), step)
         return raw
+
+    def truncated(self, learned_steps: int) -> "SteeringPredictor":
+        """A copy that stops after its first ``learned_steps`` learned steps (0: the first answer alone): fewer
+        probes, a faster pass."""
+        if not 0 <= learned_steps <= len(self.steps()):
+            raise TimbreclipError(f"learned steps: {learned_steps} asked, this predictor has 0 to {len(self.steps())}")
+
+        def kept(key: str) -> bool:
+            if key.startswith("refiner."):
+                return learned_steps >= 1
+            if key.startswith("later_refiners."):
+                return int(key.split(".")[1]) < learned_steps - 1
+            return True
+
+        out = SteeringPredictor(replace(self.config, refine_hidden=self.config.refine_hidden if learned_steps else 0,
+                                        refine_steps=max(1, learned_steps)))
+        out.load_state_dict({k: v for k, v in self.state_dict().items() if kept(k)})
+        return out.to(self.flat_raw.device).eval()
 
     def eq(self, z_source: torch.Tensor, z_target: torch.Tensor, sample_rate: float,
            spectrum: torch.Tensor | None = None, sensitivity: torch.Tensor | None = None) -> ParametricEQ:
@@ -156,7 +177,10 @@ class SteeringPredictor(nn.Module):
 
         path = Path(model_dir) / PREDICTOR_FILE
         tmp = path.with_suffix(".tmp")
-        tensors = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        weights = {name for name, _ in self.named_parameters()}  # stored as float16 (half the file; read back as
+        # float32, so a saved predictor answers the same after any number of saves); the buffers stay float32
+        tensors = {k: (v.detach().half() if k in weights else v.detach()).cpu().contiguous()
+                   for k, v in self.state_dict().items()}
         save_file(tensors, str(tmp), metadata={"config": json.dumps(asdict(self.config))})
         os.replace(tmp, path)
         return path
@@ -179,7 +203,7 @@ class SteeringPredictor(nn.Module):
             raise TimbreclipError(f"{path}: trained for another model (fingerprint {config.model_fingerprint[:12]}, "
                                   f"this model {model.fingerprint()[:12]}): retrain it for this model")
         predictor = cls(config)
-        predictor.load_state_dict(state)
+        predictor.load_state_dict({k: v.float() for k, v in state.items()})  # float16 weights (newer files) too
         predictor.eval()
         return predictor
 

@@ -66,6 +66,11 @@ class SteeringConfig:
     # Adam's learning rate when the fit starts from the predictor's EQ: Adam's first step moves every parameter by
     # about the learning rate, which throws away part of a good start (benchmarks/start_lr.py, validation notes)
     predict_lr: float | None = 0.15
+    # the predictor's learned steps used where its EQ starts a fit with a time budget (None: all it has; offline
+    # fits use all): each costs about what an Adam step costs, and on validation a third step was not worth the Adam
+    # step it displaced in 0.3 s (benchmarks/predictor_steps.py, share of the fast fit's objective gain: 94.6% against
+    # 94.9%, then 96.5% against 97.0%)
+    start_learned_steps: int | None = 1
 
     @classmethod
     def paper(cls, penalty: float = 0.02, surgical: bool = False) -> "SteeringConfig":
@@ -111,11 +116,13 @@ def _broad_eq(eq: ParametricEQ) -> ParametricEQ:
 
 
 def _predicted(predictor, z_source, target, sample_rate: float, ranges: BandRanges, profile,
-               sensitivity, objective) -> ParametricEQ:
-    """The predictor's EQ for this fit (its inputs from ``predictor_inputs``; ``objective`` for its second step,
-    where it has one) as a plain (trainable) ``ParametricEQ`` in the fit's ranges."""
+               sensitivity, objective, learned_steps: int | None = None) -> ParametricEQ:
+    """The predictor's EQ for this fit (its inputs from ``predictor_inputs``; ``objective`` for its learned steps,
+    where it has them; ``learned_steps`` of them, None: all) as a plain (trainable) ``ParametricEQ`` in the fit's
+    ranges."""
     with torch.no_grad():
-        raw = predictor.predict(z_source[None], target[None], profile, sensitivity, objective, sample_rate)[0]
+        raw = predictor.predict(z_source[None], target[None], profile, sensitivity, objective, sample_rate,
+                                learned_steps)[0]
     eq = ParametricEQ(sample_rate, ranges=ranges).to(raw.device)
     with torch.no_grad():  # the predictor's own ranges may differ: go through physical values
         guess = ParametricEQ.from_raw(sample_rate, raw[None], eq.band_types, predictor.ranges())
@@ -287,7 +294,8 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         # less (90.4% against 92.4% of the full fit's gain on 24 validation fits)
         if config.predict_lr is not None:
             lr = config.predict_lr
-        eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity, objective)
+        eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity, objective,
+                        None if config.time_budget_s is None else config.start_learned_steps)
         flat_fallback = True
     elif config.init == "broad":
         with torch.no_grad():

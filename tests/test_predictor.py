@@ -315,7 +315,7 @@ def test_refine_only_keeps_the_first_network_and_old_files_load(setup, tmp_path)
         run(str(bare), [str(data)], draws=30, notes=12, refine_only=True, log=lambda *a: None)
 
 
-def test_add_step_trains_a_third_step_after_its_own_probe_and_keeps_the_rest(setup, tmp_path):
+def test_add_step_trains_a_third_step_after_its_own_probe_and_keeps_the_rest(setup, tmp_path, capsys):
     """``--add-step`` keeps the whole predictor (first network and second step bit-identical) and trains one more
     learned step, which probes the objective again at the second step's answer: a prediction then probes twice,
     and the file says so. A predictor with no second step is refused with one line, before any work."""
@@ -356,14 +356,30 @@ def test_add_step_trains_a_third_step_after_its_own_probe_and_keeps_the_rest(set
         with torch.no_grad():
             second = two.predict(z[None], target[None], profile, sensitivity, objective, 16000.0)
             third = three.predict(z[None], target[None], profile, sensitivity, objective, 16000.0)
+        assert len(looks) == 3  # one probe for the two-step predictor, two for the three-step one
+        budgeted = replace(SteeringConfig(init="predict", steps=1), time_budget_s=100.0)
+        probes_in = {}
+        for name, config in (("budget", budgeted), ("budget, all steps", replace(budgeted, start_learned_steps=None)),
+                             ("offline", SteeringConfig.offline(init="predict", steps=1))):
+            looks.clear()
+            steer(model, windows, {"dark": 1.0}, 0.5, config, predictor=three)
+            probes_in[name] = len(looks)
     finally:
         predictor_module.probe = real_probe
-    assert len(looks) == 3  # one probe for the two-step predictor, two for the three-step one
+    # a start under a time budget takes one learned step by default (an Adam step costs about as much); offline, all
+    assert probes_in == {"budget": 1, "budget, all steps": 2, "offline": 2}, probes_in
     p = real_probe(three, second, objective, 16000.0)
     with torch.no_grad():
         hidden = three.first_pass(z[None], target[None], profile, sensitivity)[1]
         torch.testing.assert_close(third, three.refine(second, hidden, target[None], p, 1))
     assert not torch.allclose(second, third)
+    with torch.no_grad():  # stopped after fewer learned steps: the shorter predictors' answers, bit for bit
+        torch.testing.assert_close(three.truncated(1).predict(z[None], target[None], profile, sensitivity, objective,
+                                                              16000.0), second, atol=0, rtol=0)
+        torch.testing.assert_close(three.truncated(0).predict(z[None], target[None], profile, sensitivity),
+                                   three(z[None], target[None], profile, sensitivity), atol=0, rtol=0)
+    with pytest.raises(TimbreclipError, match="0 to 2"):
+        three.truncated(3)
 
     bare = tmp_path / "bare"
     shutil.copytree(model_dir, bare)
@@ -372,6 +388,5 @@ def test_add_step_trains_a_third_step_after_its_own_probe_and_keeps_the_rest(set
     plain.save(bare)
     with pytest.raises(TimbreclipError, match="no second step to add to"):
         run(str(bare), [str(data)], draws=30, notes=12, add_step=True, log=lambda *a: None)
-    with pytest.raises(SystemExit) as refused:  # one or the other: argparse's one line, exit 2
-        main(["train-predictor", "--model", str(bare), "--data", str(data), "--add-step", "--refine-only"])
-    assert refused.value.code == 2
+    assert main(["train-predictor", "--model", str(bare), "--data", str(data), "--add-step", "--refine-only"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err  # one or the other
