@@ -178,12 +178,21 @@ def _pass_words(learned_steps: int) -> str:
     return f"the network and {learned_steps} learned steps, each after its own probe"
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def note_arguments(description: str, notes: int) -> argparse.ArgumentParser:
+    """A parser with what every steering benchmark takes: the notes (``--data``, ``--split``, ``--notes``,
+    ``--seed``), ``--model`` and ``--json``."""
+    ap = argparse.ArgumentParser(description=description)
     ap.add_argument("--data", required=True)
     ap.add_argument("--split", choices=("validation", "all"), default="validation")
-    ap.add_argument("--notes", type=int, default=56)
-    ap.add_argument("--model")
+    ap.add_argument("--notes", type=int, default=notes)
+    ap.add_argument("--model", default=None)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--json", action="store_true")
+    return ap
+
+
+def main() -> None:
+    ap = note_arguments(__doc__.splitlines()[0], notes=56)
     ap.add_argument("--source-weight", type=float, default=0.5)
     ap.add_argument("--paper-notes", type=int, default=8, help="notes for the 5000-step comparison (x 2 prompts)")
     ap.add_argument("--penalty-notes", type=int, default=12, help="notes for the penalty comparison (x 2 prompts)")
@@ -205,8 +214,6 @@ def main() -> None:
     ap.add_argument("--surgical-steps", type=int, help="surgical mode's step count (development)")
     ap.add_argument("--modes", nargs="+", choices=("surgical", "default"), default=["surgical", "default"],
                     help="steering modes to compare (default both: before and after the musical defaults)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     model = load_torch_model(args.model)

@@ -13,7 +13,6 @@ window (its share of the reference's objective gain, as the steering benchmark's
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 from dataclasses import replace
@@ -21,7 +20,7 @@ from dataclasses import replace
 import numpy as np
 import torch
 
-from eq_steering import PROMPTS, BASS_MAX_PITCH, measure, mode_config, pick_notes
+from eq_steering import PROMPTS, BASS_MAX_PITCH, measure, mode_config, note_arguments, pick_notes
 from timbreclip.defaults import load_torch_model
 from timbreclip.dsp.audio_io import read_audio
 from timbreclip.neural.frontend import prepare_audio
@@ -30,16 +29,10 @@ from timbreclip.neural.steering import SteeringConfig, steer, steering_objective
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--split", choices=("validation", "all"), default="validation")
-    ap.add_argument("--notes", type=int, default=16)
-    ap.add_argument("--model", default=None)
+    ap = note_arguments(__doc__.splitlines()[0], notes=16)
     ap.add_argument("--learned-steps", type=int, nargs="+", default=None,
                     help="step counts to compare (default: 0 up to all the predictor has)")
     ap.add_argument("--budget", type=float, default=0.3, help="seconds per window for the started fit (default 0.3)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     torch.manual_seed(0)

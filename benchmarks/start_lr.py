@@ -10,14 +10,13 @@ the reference. Prints the mean objective gain per learning rate and its share of
 
 from __future__ import annotations
 
-import argparse
 import json
 from dataclasses import replace
 
 import numpy as np
 import torch
 
-from eq_steering import PROMPTS, mode_config, pick_notes
+from eq_steering import PROMPTS, mode_config, note_arguments, pick_notes
 from timbreclip.defaults import load_torch_model
 from timbreclip.dsp.audio_io import read_audio
 from timbreclip.neural.frontend import prepare_audio
@@ -25,17 +24,11 @@ from timbreclip.neural.steering import steer
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", required=True)
-    ap.add_argument("--split", choices=("validation", "all"), default="validation")
-    ap.add_argument("--notes", type=int, default=16)
-    ap.add_argument("--model", default=None)
+    ap = note_arguments(__doc__.splitlines()[0], notes=16)
     ap.add_argument("--lrs", type=float, nargs="+", default=[0.3, 0.1, 0.03])
     ap.add_argument("--budget", type=float, default=0.3, help="seconds per window (default 0.3)")
     ap.add_argument("--steps", type=int, default=None,
                     help="the cosine schedule's length for the predicted start (default: the fast fit's)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
     torch.manual_seed(0)
