@@ -271,6 +271,12 @@ def train_predictor(model, draws: list[Fit], epochs_distill: int = 300, epochs_o
                        "optimiser_mean_improvement": round(float(np.mean(improvements)), 5) if improvements else None}
 
 
+def _check_can_add_step(predictor: SteeringPredictor, model_dir: str | None = None) -> None:
+    if predictor.refiner is None:
+        raise TimbreclipError(f"{model_dir + ': ' if model_dir else ''}--add-step: the steering predictor has no "
+                              "second step to add to (train one with --refine-only first)")
+
+
 def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs: int = 10, hidden: int = 128,
                   batch: int = 32, lr: float = 2e-3, seed: int = 0, add_step: bool = False,
                   log=print) -> tuple[SteeringPredictor, dict]:
@@ -284,9 +290,7 @@ def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs:
     config = SteeringConfig.offline()
     pc = predictor.config
     if add_step:
-        if predictor.refiner is None:
-            raise TimbreclipError("--add-step: the predictor beside the model has no second step to add to "
-                                  "(train one with --refine-only first)")
+        _check_can_add_step(predictor)
         refined = SteeringPredictor(replace(pc, refine_steps=pc.refine_steps + 1))
         refined.load_state_dict(predictor.state_dict(), strict=False)  # every step it had, as it was
     else:
@@ -359,9 +363,7 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
     existing = None
     if add_step:
         existing = SteeringPredictor.load(model_dir, model)
-        if existing.refiner is None:
-            raise TimbreclipError(f"{model_dir}: --add-step: its steering predictor has no second step to add to "
-                                  "(train one with --refine-only first)")
+        _check_can_add_step(existing, model_dir)  # before the draws, not after them
     elif refine_only:
         if not refine_hidden:
             raise TimbreclipError("--refine-only needs a second step (--refine-hidden > 0)")
