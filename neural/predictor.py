@@ -23,9 +23,7 @@ objective itself; it knows one model's embedding space only, so it is saved besi
   (``training/predictor.py``), so it learns where one look at the objective's slope should take the EQ: an
   amortised optimiser step, not Adam's fixed rule. Where ``refine_steps`` > 1, more learned steps follow, each
   after its own probe at the answer before it (own weights, the same inputs; ``train-predictor --add-step`` trains
-  one more on top of a predictor): each costs one more forward and backward pass, or where its probe kind is
-  "forward" (``probe_kinds``; ``train-predictor --add-step --forward-probe``) a forward pass alone: it sees where the
-  EQ'd sound's embedding landed and the objective there, with the slope of the last probe that measured one.
+  one more on top of a predictor): each costs one more forward and backward pass.
 - Used alone (``eq --fast-predict``, the live loop's ``--fast-predict`` updates) or as the optimiser's starting point
   (``SteeringConfig(init="predict")``: the prediction, or flat where it scores worse, starts Adam).
 """
@@ -61,21 +59,11 @@ class PredictorConfig:
     sensitivity_bands: int = 0  # the objective's gradient at flat per log band as input (0: none)
     refine_hidden: int = 0  # width of the learned second step (0: one network, no probe of the objective)
     refine_steps: int = 1  # learned steps after the first answer, each after its own probe (with refine_hidden)
-    # per learned step, how it probes: "gradient" (a forward and a backward pass: the embedding, the objective and
-    # its slope) or "forward" (a forward pass: the embedding and the objective; the slope it is given is the one
-    # the last gradient probe measured). Steps past the tuple's end probe the gradient (older files: all of them).
-    probe_kinds: tuple[str, ...] = ()
 
 
 class SteeringPredictor(nn.Module):
     def __init__(self, config: PredictorConfig = PredictorConfig()) -> None:
         super().__init__()
-        if any(k not in ("gradient", "forward") for k in config.probe_kinds):
-            raise TimbreclipError(f"steering predictor: probe kinds {list(config.probe_kinds)}: each must be "
-                                  "'gradient' or 'forward'")
-        if config.probe_kinds[:1] == ("forward",):
-            raise TimbreclipError("steering predictor: the first learned step must probe the gradient (a forward "
-                                  "probe reuses the slope an earlier probe measured)")
         self.config = config
         inputs = 3 * config.dim + config.spectrum_bands + (config.sensitivity_bands + 1 if config.sensitivity_bands else 0)
         self.net = nn.Sequential(nn.Linear(inputs, config.hidden), nn.GELU(),
@@ -99,11 +87,6 @@ class SteeringPredictor(nn.Module):
         nn.init.zeros_(net[-1].weight)  # starts as the answer it is given
         nn.init.zeros_(net[-1].bias)
         return net
-
-    def probe_kind(self, step: int) -> str:
-        """How learned step ``step`` (0: the second step) probes the objective: "gradient" or "forward"."""
-        kinds = self.config.probe_kinds
-        return kinds[step] if step < len(kinds) else "gradient"
 
     def steps(self) -> list[nn.Sequential]:
         """The learned steps after the first answer, in order (none without a second step)."""
@@ -154,11 +137,8 @@ class SteeringPredictor(nn.Module):
             return raw
         if objective is None:
             raise TimbreclipError("this steering predictor's second step needs the steering objective to probe")
-        slope = None
         for step in range(steps):
-            looked = probe(self, raw, objective, sample_rate, gradient=self.probe_kind(step) == "gradient", slope=slope)
-            slope = looked.grad
-            raw = self.refine(raw, hidden, z_target, looked, step)
+            raw = self.refine(raw, hidden, z_target, probe(self, raw, objective, sample_rate), step)
         return raw
 
     def truncated(self, learned_steps: int) -> "SteeringPredictor":
@@ -175,8 +155,7 @@ class SteeringPredictor(nn.Module):
             return True
 
         out = SteeringPredictor(replace(self.config, refine_hidden=self.config.refine_hidden if learned_steps else 0,
-                                        refine_steps=max(1, learned_steps),
-                                        probe_kinds=self.config.probe_kinds[:learned_steps]))
+                                        refine_steps=max(1, learned_steps)))
         out.load_state_dict({k: v for k, v in self.state_dict().items() if kept(k)})
         return out.to(self.flat_raw.device).eval()
 
@@ -218,8 +197,7 @@ class SteeringPredictor(nn.Module):
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["config"])
             state = {k: f.get_tensor(k) for k in f.keys()}
-        config = PredictorConfig(**{**meta, "q_range": tuple(meta["q_range"]),  # older files: no sensitivity,
-                                    "probe_kinds": tuple(meta.get("probe_kinds", ()))})  # no probe kinds
+        config = PredictorConfig(**{**meta, "q_range": tuple(meta["q_range"])})  # older files: no sensitivity
         if model is not None and hasattr(model, "fingerprint") and config.model_fingerprint \
                 and config.model_fingerprint != model.fingerprint():
             raise TimbreclipError(f"{path}: trained for another model (fingerprint {config.model_fingerprint[:12]}, "
@@ -257,18 +235,9 @@ class Probe:
         return Probe(self.z[idx], self.objective[idx], self.distance[idx], self.grad[idx])
 
 
-def probe(predictor: SteeringPredictor, raw: torch.Tensor, objective, sample_rate: float, gradient: bool = True,
-          slope: torch.Tensor | None = None) -> Probe:
+def probe(predictor: SteeringPredictor, raw: torch.Tensor, objective, sample_rate: float) -> Probe:
     """One forward and one backward pass of ``objective`` (see ``SteeringPredictor.predict``) at ``raw``; nothing
-    upstream of ``raw`` takes gradients. Without ``gradient``, the forward pass alone: the probe's gradient is then
-    ``slope`` (the one an earlier probe measured), which must be given."""
-    if not gradient:
-        if slope is None:
-            raise TimbreclipError("a forward-only probe needs the slope of an earlier gradient probe")
-        with torch.no_grad():
-            value, distance, z = objective(ParametricEQ.from_raw(sample_rate, raw.detach(), DEFAULT_BAND_TYPES,
-                                                                 predictor.ranges()))
-        return Probe(z, value, distance, slope.detach())
+    upstream of ``raw`` takes gradients."""
     at = raw.detach().clone().requires_grad_(True)
     with torch.enable_grad():
         value, distance, z = objective(ParametricEQ.from_raw(sample_rate, at, DEFAULT_BAND_TYPES, predictor.ranges()))

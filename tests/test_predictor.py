@@ -347,9 +347,9 @@ def test_add_step_trains_a_third_step_after_its_own_probe_and_keeps_the_rest(set
     looks = []
     real_probe = predictor_module.probe
 
-    def counting_probe(*args, **kwargs):
+    def counting_probe(*args):
         looks.append(1)
-        return real_probe(*args, **kwargs)
+        return real_probe(*args)
 
     predictor_module.probe = counting_probe
     try:
@@ -390,68 +390,3 @@ def test_add_step_trains_a_third_step_after_its_own_probe_and_keeps_the_rest(set
         run(str(bare), [str(data)], draws=30, notes=12, add_step=True, log=lambda *a: None)
     assert main(["train-predictor", "--model", str(bare), "--data", str(data), "--add-step", "--refine-only"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err  # one or the other
-
-
-def test_a_forward_probe_step_sees_where_the_sound_landed_with_the_last_measured_slope(setup, tmp_path, capsys):
-    """``--add-step --forward-probe``: the added step looks at the objective with a forward pass alone (no backward:
-    no gradient is asked of autograd), and is given the slope the second step's probe measured. Its file says so;
-    truncating drops the kind with the step; a forward probe cannot come first; ``--forward-probe`` without
-    ``--add-step`` is refused with one line before any work."""
-    import shutil
-
-    from timbreclip.neural import predictor as predictor_module
-    from timbreclip.neural.predictor import PredictorConfig, Probe, predictor_inputs
-    from timbreclip.neural.steering import steering_objective
-    from timbreclip.training.predictor import run
-
-    model_dir, data, _ = setup
-    work = tmp_path / "m"
-    shutil.copytree(model_dir, work)
-    model = TimbreCLIP.load(work)
-    two = SteeringPredictor.load(work, model)
-    report = run(str(work), [str(data)], draws=30, notes=12, seed=1, epochs=2, add_step=True, forward_probe=True,
-                 log=lambda *a: None)
-    three = SteeringPredictor.load(work, model)
-    assert three.config.probe_kinds == ("gradient", "forward") and report["probe_kinds"] == ["gradient", "forward"]
-    assert [three.probe_kind(k) for k in range(2)] == ["gradient", "forward"] and two.probe_kind(0) == "gradient"
-    for k, v in two.state_dict().items():
-        assert torch.equal(three.state_dict()[k], v), k
-    assert any(not torch.equal(p, torch.zeros_like(p)) for p in three.later_refiners.parameters())
-
-    windows = torch.from_numpy(prepare_audio(_tone(247, bright=0.8), 16000, model.config.frontend))
-    power = model.frontend.power(windows)
-    z, target, profile, sensitivity = predictor_inputs(model, three, power, {"dark": 1.0}, 0.5)
-    objective = steering_objective(model, power, target, SteeringConfig.offline())
-    backward = []
-    real_grad = torch.autograd.grad
-
-    def counting_grad(*args, **kwargs):
-        backward.append(1)
-        return real_grad(*args, **kwargs)
-
-    torch.autograd.grad = counting_grad
-    try:
-        with torch.no_grad():
-            third = three.predict(z[None], target[None], profile, sensitivity, objective, 16000.0)
-    finally:
-        torch.autograd.grad = real_grad
-    assert len(backward) == 1  # the second step's probe; the third step's looked forward only
-    with torch.no_grad():
-        raw, hidden = three.first_pass(z[None], target[None], profile, sensitivity)
-        first = predictor_module.probe(three, raw, objective, 16000.0)
-        second = three.refine(raw, hidden, target[None], first, 0)
-        value, distance, landed = objective(predictor_module.ParametricEQ.from_raw(
-            16000.0, second, predictor_module.DEFAULT_BAND_TYPES, three.ranges()))
-        expected = three.refine(second, hidden, target[None], Probe(landed, value, distance, first.grad), 1)
-    torch.testing.assert_close(third, expected)
-    assert three.truncated(1).config.probe_kinds == ("gradient",)
-    with pytest.raises(TimbreclipError, match="slope of an earlier gradient probe"):
-        predictor_module.probe(three, second, objective, 16000.0, gradient=False)
-    with pytest.raises(TimbreclipError, match="first learned step must probe the gradient"):
-        SteeringPredictor(PredictorConfig(refine_hidden=8, probe_kinds=("forward",)))
-    with pytest.raises(TimbreclipError, match="'gradient' or 'forward'"):
-        SteeringPredictor(PredictorConfig(refine_hidden=8, probe_kinds=("hessian",)))
-    before = (work / PREDICTOR_FILE).read_bytes()
-    assert main(["train-predictor", "--model", str(work), "--data", str(data), "--forward-probe"]) == 2
-    assert "--forward-probe is for --add-step" in capsys.readouterr().err
-    assert (work / PREDICTOR_FILE).read_bytes() == before

@@ -303,10 +303,6 @@ def _add_train_predictor(sub) -> None:
                       help="keep the whole predictor already beside the model and train one more learned step "
                            "after its last (one more probe of the objective, a forward and a backward pass, per "
                            "prediction)")
-    p.add_argument("--forward-probe", action="store_true",
-                   help="with --add-step: the added step probes with a forward pass alone (where the sound's "
-                        "embedding landed; the slope is the last gradient probe's): about half the time of a "
-                        "gradient probe")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_train_predictor)
 
@@ -317,7 +313,7 @@ def _run_train_predictor(args) -> int:
     report = run(args.model, args.data, fits=args.fits, draws=args.draws, notes=args.notes, seed=args.seed,
                  epochs=args.epochs, spectrum_bands=args.spectrum_bands, sensitivity_bands=args.sensitivity_bands,
                  refine_hidden=args.refine_hidden, refine_epochs=args.refine_epochs, refine_only=args.refine_only,
-                 add_step=args.add_step, forward_probe=args.forward_probe)
+                 add_step=args.add_step)
     if args.add_step:
         n = report["refine_steps"] + 1
         print(f"steering predictor saved to {report['saved']}: step {n} added, held-out objective "

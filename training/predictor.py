@@ -279,24 +279,19 @@ def _check_can_add_step(predictor: SteeringPredictor, model_dir: str | None = No
 
 def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs: int = 10, hidden: int = 128,
                   batch: int = 32, lr: float = 2e-3, seed: int = 0, add_step: bool = False,
-                  forward_probe: bool = False, log=print) -> tuple[SteeringPredictor, dict]:
+                  log=print) -> tuple[SteeringPredictor, dict]:
     """A learned step (see ``neural/predictor.py``) on top of ``predictor``, whose first network stays as it is:
     the second step, trained afresh (any learned steps ``predictor`` has are dropped), or with ``add_step`` one more
     step after those it has (they stay as they are). The objective is probed once at every draw's answer before the
     new step (everything before it is frozen, so once for all epochs), then the new step's network is trained on
     the objective after its correction. The same split by note as the first stage; the epoch with the best
-    held-out objective is kept. ``forward_probe`` (with ``add_step``): the new step probes with a forward pass alone
-    (see ``PredictorConfig.probe_kinds``)."""
+    held-out objective is kept."""
     torch.manual_seed(seed)
     config = SteeringConfig.offline()
     pc = predictor.config
-    if forward_probe and not add_step:
-        raise TimbreclipError("a forward probe is for an added step (the second step probes the gradient)")
     if add_step:
         _check_can_add_step(predictor)
-        kinds = tuple(predictor.probe_kind(k) for k in range(len(predictor.steps())))
-        refined = SteeringPredictor(replace(pc, refine_steps=pc.refine_steps + 1,
-                                            probe_kinds=kinds + ("forward" if forward_probe else "gradient",)))
+        refined = SteeringPredictor(replace(pc, refine_steps=pc.refine_steps + 1))
         refined.load_state_dict(predictor.state_dict(), strict=False)  # every step it had, as it was
     else:
         refined = SteeringPredictor(replace(pc, refine_hidden=hidden, refine_steps=1))
@@ -313,28 +308,23 @@ def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs:
     with torch.no_grad():
         raw, hid = refined.first_pass(*s.inputs(list(range(len(draws)))))
 
-    def probed(at: torch.Tensor, step: int, slope: torch.Tensor | None) -> Probe:
+    def probed(at: torch.Tensor) -> Probe:
         parts = []
         for k in range(0, len(draws), 32):
             idx = list(range(k, min(k + 32, len(draws))))
-            parts.append(probe(refined, at[idx], lambda eq, idx=idx: s.objective(eq, idx), rate,
-                               gradient=refined.probe_kind(step) == "gradient",
-                               slope=None if slope is None else slope[idx]))
+            parts.append(probe(refined, at[idx], lambda eq, idx=idx: s.objective(eq, idx), rate))
         return Probe(*(torch.cat([getattr(p, f) for p in parts]) for f in ("z", "objective", "distance", "grad")))
 
     val = torch.as_tensor(s.val_idx)
     before = []  # the held-out objective at the first answer and after each step the predictor already has
-    slope = None
     for step in range(new_step):
-        probes = probed(raw, step, slope)
-        slope = probes.grad
+        probes = probed(raw)
         before.append(float(probes.objective[val].mean()))
         with torch.no_grad():
             raw = refined.refine(raw, hid, s.targets, probes, step)
-    probes = probed(raw, new_step, slope)
+    probes = probed(raw)
     before.append(float(probes.objective[val].mean()))
-    log(f"the objective probed at {len(draws)} answers ({new_step + 1} probe(s) each; the new step's: "
-        f"{refined.probe_kind(new_step)}) in {time.time() - started:.0f} s")
+    log(f"the objective probed at {len(draws)} answers ({new_step + 1} probe(s) each) in {time.time() - started:.0f} s")
 
     def objective(idx) -> torch.Tensor:
         idx_t = torch.as_tensor(idx)
@@ -352,8 +342,7 @@ def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs:
         return refined, {"refine_hidden": hidden, "refine_epochs": epochs, "refine_draws": len(draws),
                          "refine_held_out_draws": len(s.val_idx), "held_out_objective_first_answer": round(before[0], 5),
                          "held_out_objective_refined": round(best, 5), "refine_history": history, "refine_steps": 1}
-    return refined, {"refine_steps": new_step + 1, "probe_kinds": list(refined.config.probe_kinds),
-                     f"step{new_step + 2}_epochs": epochs,
+    return refined, {"refine_steps": new_step + 1, f"step{new_step + 2}_epochs": epochs,
                      f"step{new_step + 2}_draws": len(draws), f"step{new_step + 2}_held_out_draws": len(s.val_idx),
                      f"step{new_step + 2}_held_out_objective_before": [round(v, 5) for v in before],
                      f"step{new_step + 2}_held_out_objective": round(best, 5), f"step{new_step + 2}_history": history}
@@ -361,21 +350,17 @@ def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs:
 
 def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, notes: int = 600, seed: int = 0,
         epochs: int = 12, spectrum_bands: int = 32, sensitivity_bands: int = 32, refine_hidden: int = 128,
-        refine_epochs: int | None = None, refine_only: bool = False, add_step: bool = False,
-        forward_probe: bool = False, log=print) -> dict:
+        refine_epochs: int | None = None, refine_only: bool = False, add_step: bool = False, log=print) -> dict:
     """``timbreclip train-predictor``: draws and fits, training (the first network, then the learned second step
     where ``refine_hidden`` > 0), and the predictor saved beside the model. ``refine_only``: keep the first network
     of the predictor already beside the model and train its second step only; ``add_step``: keep all of that
     predictor and train one more learned step after its last (another probe of the objective per prediction).
-    ``forward_probe`` (with ``add_step``): the added step probes with a forward pass alone. Both are checked before
-    any work: the predictor must be there, trained for this model."""
+    Both are checked before any work: the predictor must be there, trained for this model."""
     from timbreclip.neural.model import TimbreCLIP
 
     model = TimbreCLIP.load(model_dir)
     model.eval()
     existing = None
-    if forward_probe and not add_step:
-        raise TimbreclipError("--forward-probe is for --add-step (the second step probes the gradient)")
     if add_step:
         existing = SteeringPredictor.load(model_dir, model)
         _check_can_add_step(existing, model_dir)  # before the draws, not after them
@@ -400,7 +385,7 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
                                             log=log)
     if add_step:
         predictor, refined = train_refiner(model, predictor, made, epochs=refine_epochs or epochs, seed=seed,
-                                           add_step=True, forward_probe=forward_probe, log=log)
+                                           add_step=True, log=log)
         report.update(refined)
         n = predictor.config.refine_steps + 1
         report.update({f"step{n}_notes": len(picked), f"step{n}_seconds": round(time.time() - started, 1),
