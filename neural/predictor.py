@@ -197,6 +197,10 @@ class SteeringPredictor(nn.Module):
         with safe_open(str(path), framework="pt") as f:
             meta = json.loads(f.metadata()["config"])
             state = {k: f.get_tensor(k) for k in f.keys()}
+        unknown = sorted(set(meta) - set(PredictorConfig.__dataclass_fields__))
+        if unknown:
+            raise TimbreclipError(f"{path}: settings this version does not know ({', '.join(unknown)}): written by "
+                                  "another version of timbreclip; retrain it with `timbreclip train-predictor`")
         config = PredictorConfig(**{**meta, "q_range": tuple(meta["q_range"])})  # older files: no sensitivity
         if model is not None and hasattr(model, "fingerprint") and config.model_fingerprint \
                 and config.model_fingerprint != model.fingerprint():

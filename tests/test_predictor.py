@@ -55,6 +55,20 @@ def test_predictor_is_small_saved_beside_its_model_and_refused_by_another(setup,
     other = save_tiny_model(tmp_path / "other", seed=5)
     with pytest.raises(TimbreclipError, match="trained for another model"):
         SteeringPredictor.load(model_dir, TimbreCLIP.load(other))
+    # a file whose settings this version does not know (another version wrote it): one clear line, no TypeError
+    import json
+
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = json.loads(f.metadata()["config"])
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    newer = tmp_path / "newer"
+    newer.mkdir()
+    save_file(tensors, str(newer / PREDICTOR_FILE), metadata={"config": json.dumps({**meta, "probe_kinds": []})})
+    with pytest.raises(TimbreclipError, match=r"does not know \(probe_kinds\).*another version"):
+        SteeringPredictor.load(newer)
 
 
 def test_prediction_alone_and_as_a_start(setup):
@@ -390,3 +404,42 @@ def test_add_step_trains_a_third_step_after_its_own_probe_and_keeps_the_rest(set
         run(str(bare), [str(data)], draws=30, notes=12, add_step=True, log=lambda *a: None)
     assert main(["train-predictor", "--model", str(bare), "--data", str(data), "--add-step", "--refine-only"]) == 2
     assert "not allowed with argument" in capsys.readouterr().err  # one or the other
+
+
+def test_joint_tuning_trains_every_network_together_and_keeps_the_layout(setup, tmp_path, capsys):
+    """``--joint`` tunes the first network and the learned steps together on the objective after the last step
+    (and, at half weight, after the first): the layout is kept, the first network's weights move (gradients reach
+    it through the answers the steps correct), the held-out objective the epochs are chosen by does not get worse,
+    and the report says both stages' figures. A predictor with no learned step is refused before any work."""
+    import shutil
+
+    from timbreclip.training.predictor import run
+
+    model_dir, data, _ = setup
+    work = tmp_path / "m"
+    shutil.copytree(model_dir, work)
+    model = TimbreCLIP.load(work)
+    before = SteeringPredictor.load(work, model)
+    report = run(str(work), [str(data)], draws=30, notes=12, seed=2, epochs=2, joint=True, log=lambda *a: None)
+    after = SteeringPredictor.load(work, model)
+    assert after.config == before.config and report["joint_epochs"] == 2
+    w = report["joint_start_weight"]
+    assert (report["joint_held_out_objective_last_step"] + w * report["joint_held_out_objective_first_step"]
+            <= report["joint_held_out_objective_last_step_before"]
+            + w * report["joint_held_out_objective_first_step_before"] + 1e-4)
+    if report["joint_history"] and min(report["joint_history"]) < report["joint_held_out_objective_last_step_before"] \
+            + w * report["joint_held_out_objective_first_step_before"]:
+        assert not torch.equal(after.net[0].weight, before.net[0].weight)  # the first network learnt too
+        assert not torch.equal(after.refiner[0].weight, before.refiner[0].weight)
+
+    bare = tmp_path / "bare"
+    shutil.copytree(model_dir, bare)
+    plain = SteeringPredictor(type(before.config)(**{**before.config.__dict__, "refine_hidden": 0}))
+    plain.load_state_dict({k: v for k, v in before.state_dict().items() if not k.startswith("refiner.")})
+    plain.save(bare)
+    kept = (bare / PREDICTOR_FILE).read_bytes()
+    assert main(["train-predictor", "--model", str(bare), "--data", str(data), "--joint"]) == 2
+    assert "no learned step to tune" in capsys.readouterr().err
+    assert (bare / PREDICTOR_FILE).read_bytes() == kept
+    assert main(["train-predictor", "--model", str(bare), "--data", str(data), "--joint", "--add-step"]) == 2
+    assert "not allowed with argument" in capsys.readouterr().err
