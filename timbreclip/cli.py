@@ -303,10 +303,6 @@ def _add_train_predictor(sub) -> None:
                       help="keep the whole predictor already beside the model and train one more learned step "
                            "after its last (one more probe of the objective, a forward and a backward pass, per "
                            "prediction)")
-    keep.add_argument("--joint", action="store_true",
-                      help="keep the predictor already beside the model and tune all its networks together on the "
-                           "objective after its last learned step (and, at half weight, after its first); epochs: "
-                           "--refine-epochs, else --epochs")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(run=_run_train_predictor)
 
@@ -317,13 +313,7 @@ def _run_train_predictor(args) -> int:
     report = run(args.model, args.data, fits=args.fits, draws=args.draws, notes=args.notes, seed=args.seed,
                  epochs=args.epochs, spectrum_bands=args.spectrum_bands, sensitivity_bands=args.sensitivity_bands,
                  refine_hidden=args.refine_hidden, refine_epochs=args.refine_epochs, refine_only=args.refine_only,
-                 add_step=args.add_step, joint=args.joint)
-    if args.joint:
-        print(f"steering predictor saved to {report['saved']}: tuned jointly, held-out objective after the first "
-              f"learned step {report['joint_held_out_objective_first_step_before']} -> "
-              f"{report['joint_held_out_objective_first_step']}, after the last "
-              f"{report['joint_held_out_objective_last_step_before']} -> {report['joint_held_out_objective_last_step']}")
-        return 0
+                 add_step=args.add_step)
     if args.add_step:
         n = report["refine_steps"] + 1
         print(f"steering predictor saved to {report['saved']}: step {n} added, held-out objective "

@@ -348,89 +348,22 @@ def train_refiner(model, predictor: SteeringPredictor, draws: list[Fit], epochs:
                      f"step{new_step + 2}_held_out_objective": round(best, 5), f"step{new_step + 2}_history": history}
 
 
-def _check_can_tune_jointly(predictor: SteeringPredictor, model_dir: str | None = None) -> None:
-    if not predictor.steps():
-        raise TimbreclipError(f"{model_dir + ': ' if model_dir else ''}--joint: the steering predictor has no learned "
-                              "step to tune with its first network (train one with --refine-only first)")
-
-
-def train_jointly(model, predictor: SteeringPredictor, draws: list[Fit], epochs: int = 6, batch: int = 32,
-                  lr: float = 3e-4, start_weight: float = 0.5, seed: int = 0,
-                  log=print) -> tuple[SteeringPredictor, dict]:
-    """Every network of ``predictor`` (the first and each learned step) tuned together on the objective after its
-    last learned step, plus ``start_weight`` times the objective after its first learned step (the answer a fit under
-    a time budget starts from). Each step was trained alone, on answers the networks before it no longer change;
-    here the first network learns to leave answers the steps can correct. The probes look where the networks put
-    the EQ now (at every batch) and count as measurements: gradients flow through the answers and the hidden
-    features the steps read, not through what a probe saw. The same split by note as the other stages; the epoch
-    with the best held-out objective (the same weighted sum) is kept."""
-    _check_can_tune_jointly(predictor)
-    torch.manual_seed(seed)
-    config = SteeringConfig.offline()
-    pc = predictor.config
-    tuned = SteeringPredictor(pc)
-    tuned.load_state_dict(predictor.state_dict())
-    s = _Draws(model, draws, pc.spectrum_bands, pc.sensitivity_bands, seed, config, log)
-    rate = s.fe_cfg.sample_rate
-
-    def objectives(idx) -> tuple[torch.Tensor, torch.Tensor]:
-        """The objective after the first learned step and after the last, ``(B,)`` each."""
-        z_source, target, profile, sensitivity = s.inputs(idx)
-        raw, hidden = tuned.first_pass(z_source, target, profile, sensitivity)
-        answers = []
-        for step in range(len(tuned.steps())):
-            looked = probe(tuned, raw, lambda eq: s.objective(eq, idx), rate)
-            raw = tuned.refine(raw, hidden, target, looked, step)
-            answers.append(raw)
-        values = [s.objective(ParametricEQ.from_raw(rate, a, DEFAULT_BAND_TYPES, tuned.ranges()), idx)[0]
-                  for a in (answers[0], answers[-1])[: 1 if len(answers) == 1 else 2]]
-        return values[0], values[-1]
-
-    def held_out(parts: bool = False):
-        with torch.no_grad():
-            first, last = (torch.cat(v) for v in zip(*(objectives(s.val_idx[k:k + 64])
-                                                       for k in range(0, len(s.val_idx), 64))))
-        if parts:
-            return float(first.mean()), float(last.mean())
-        return float(last.mean() + start_weight * first.mean())
-
-    before = held_out(parts=True)
-
-    def batch_loss(b: list) -> torch.Tensor:
-        first, last = objectives(b)
-        return last.mean() + start_weight * first.mean()
-
-    best, history = _objective_epochs(tuned, tuned.parameters(), batch_loss, held_out, s.train_idx, s.rng, epochs,
-                                      batch, lr, "joint", log)
-    after = held_out(parts=True)
-    log(f"joint: held-out objective after the first learned step {before[0]:.5f} -> {after[0]:.5f}, after the last "
-        f"{before[1]:.5f} -> {after[1]:.5f}")
-    return tuned, {"joint_epochs": epochs, "joint_draws": len(draws), "joint_held_out_draws": len(s.val_idx),
-                   "joint_lr": lr, "joint_start_weight": start_weight,
-                   "joint_held_out_objective_first_step_before": round(before[0], 5),
-                   "joint_held_out_objective_first_step": round(after[0], 5),
-                   "joint_held_out_objective_last_step_before": round(before[1], 5),
-                   "joint_held_out_objective_last_step": round(after[1], 5), "joint_history": history}
-
-
 def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, notes: int = 600, seed: int = 0,
         epochs: int = 12, spectrum_bands: int = 32, sensitivity_bands: int = 32, refine_hidden: int = 128,
-        refine_epochs: int | None = None, refine_only: bool = False, add_step: bool = False, joint: bool = False,
-        log=print) -> dict:
+        refine_epochs: int | None = None, refine_only: bool = False, add_step: bool = False, log=print) -> dict:
     """``timbreclip train-predictor``: draws and fits, training (the first network, then the learned second step
     where ``refine_hidden`` > 0), and the predictor saved beside the model. ``refine_only``: keep the first network
     of the predictor already beside the model and train its second step only; ``add_step``: keep all of that
-    predictor and train one more learned step after its last (another probe of the objective per prediction);
-    ``joint``: keep its layout and tune all its networks together (``train_jointly``). Each is checked before any
-    work: the predictor must be there, trained for this model."""
+    predictor and train one more learned step after its last (another probe of the objective per prediction).
+    Both are checked before any work: the predictor must be there, trained for this model."""
     from timbreclip.neural.model import TimbreCLIP
 
     model = TimbreCLIP.load(model_dir)
     model.eval()
     existing = None
-    if add_step or joint:
+    if add_step:
         existing = SteeringPredictor.load(model_dir, model)
-        (_check_can_add_step if add_step else _check_can_tune_jointly)(existing, model_dir)  # before the draws
+        _check_can_add_step(existing, model_dir)  # before the draws, not after them
     elif refine_only:
         if not refine_hidden:
             raise TimbreclipError("--refine-only needs a second step (--refine-hidden > 0)")
@@ -439,7 +372,7 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
     if not picked:
         raise TimbreclipError(f"{', '.join(folders)}: no training notes between MIDI 36 and 96")
     started = time.time()
-    reuse = refine_only or add_step or joint  # the first network is kept: no optimiser fits to distil from
+    reuse = refine_only or add_step  # the first network is kept: no optimiser fits to distil from
     made = make_draws(model, picked, max(draws, fits), 0 if reuse else fits, seed, SteeringConfig.offline(), log)
     log(f"{len(made)} draws, {0 if reuse else fits} of them fitted, in {time.time() - started:.0f} s")
     report_path = Path(model_dir) / "steering_predictor.json"
@@ -450,12 +383,7 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
         predictor, report = train_predictor(model, made, epochs_objective=epochs, seed=seed,
                                             spectrum_bands=spectrum_bands, sensitivity_bands=sensitivity_bands,
                                             log=log)
-    if joint:
-        predictor, tuned = train_jointly(model, predictor, made, epochs=refine_epochs or epochs, seed=seed, log=log)
-        report.update(tuned)
-        report.update({"joint_notes": len(picked), "joint_seconds": round(time.time() - started, 1),
-                       "joint_data": [str(f) for f in folders]})
-    elif add_step:
+    if add_step:
         predictor, refined = train_refiner(model, predictor, made, epochs=refine_epochs or epochs, seed=seed,
                                            add_step=True, log=log)
         report.update(refined)
@@ -468,7 +396,7 @@ def run(model_dir: str, folders: list[str], fits: int = 400, draws: int = 2400, 
         report = {k: v for k, v in report.items() if not k.startswith("step")}  # a fresh second step: no later ones
         report.update(refined)
     path = predictor.save(model_dir)
-    if add_step or joint:
+    if add_step:
         report["saved"] = str(path)
     elif refine_only:  # the first network's figures stay those of its own run
         report.update({"refine_notes": len(picked), "refine_seconds": round(time.time() - started, 1),
