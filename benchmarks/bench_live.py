@@ -8,7 +8,7 @@ The peer row ``server`` is the same JACK dummy server with no client at all, for
 reports with nothing to run are what the machine itself costs, the floor the loop's own count is read against.
 
     python benchmarks/bench_live.py [--json] [--seconds 60] [--blocks 64 128 256] [--modes server off process thread]
-        [--callbacks native python] [--update-every 0.5] [--fast-predict] [--model DIR]
+        [--callbacks native python] [--update-every 0.5] [--fast-predict [--learned-steps N]] [--model DIR]
 
 ``--callbacks``: the loop's compiled callback (``native``, the default: PortAudio calls it directly, no GIL) and
 sounddevice's Python callback (``python``, the peer it replaced) are run side by side, each mode and block size.
@@ -59,12 +59,12 @@ def run_server_alone(block: int, seconds: float) -> dict:
 
 
 def run_one(block: int, mode: str, seconds: float, update_every: float, source: str, callback: str = "native",
-            fast_predict: bool = False, model_dir: str | None = None) -> dict:
+            fast_predict: bool = False, model_dir: str | None = None, learned_steps: int | None = None) -> dict:
     with JackServer(rate=RATE, period=block) as server:
         refresh_audio()
         config = LiveConfig(prompts={"bright": 1.0}, sample_rate=RATE, channels=2, blocksize=block,
                             update_every_s=update_every, worker=mode, model_dir=model_dir or str(default_model_path()),
-                            callback=callback, fast_predict=fast_predict)
+                            callback=callback, fast_predict=fast_predict, learned_steps=learned_steps)
         before = server.xruns()
         with contextlib.redirect_stdout(sys.stderr):  # the loop's progress lines; stdout stays the report (--json)
             run = run_live(config, play=source, duration_s=seconds, read_stdin=False, interactive=False)
@@ -75,7 +75,7 @@ def run_one(block: int, mode: str, seconds: float, update_every: float, source: 
         sd._terminate()  # before the server goes
     sd._initialize()
     stats.update({"mode": mode, "seconds": seconds, "exit": run.reason, "fast_predict": fast_predict,
-                  "model": model_dir or "shipped"})
+                  "learned_steps": learned_steps, "model": model_dir or "shipped"})
     return stats
 
 
@@ -94,8 +94,13 @@ def main() -> None:
     parser.add_argument("--fast-predict", action="store_true",
                         help="updates by the one-pass steering predictor (the live loop's --fast-predict) instead of "
                              "the optimiser; pair it with --update-every 0.1")
+    parser.add_argument("--learned-steps", type=int, nargs="+", default=[None],
+                        help="with --fast-predict: the predictor's learned steps per update (the live loop's "
+                             "--learned-steps; several: each in turn, alternated with the modes; default: all)")
     parser.add_argument("--model", help="model folder the loop steers with (default: the shipped model)")
     args = parser.parse_args()
+    if args.learned_steps != [None] and not args.fast_predict:
+        parser.error("--learned-steps is for --fast-predict")
     if args.table_from:
         try:
             with open(args.table_from) as f:
@@ -109,13 +114,14 @@ def main() -> None:
         source = test_signal(os.path.join(tmp, "tone.wav"))
         for block in args.blocks:
             for mode in args.modes:
-                for callback in (None,) if mode == "server" else args.callbacks:
+                for callback, steps in ((None, None),) if mode == "server" else \
+                        [(c, n) for c in args.callbacks for n in args.learned_steps]:
                     row = run_server_alone(block, args.seconds) if mode == "server" else \
                         run_one(block, mode, args.seconds, args.update_every, source, callback, args.fast_predict,
-                                args.model)
+                                args.model, steps)
                     rows.append(row)
-                    print(f"done {block} frames, steering {mode}" + (f", {callback} callback" if callback else ""),
-                          file=sys.stderr, flush=True)
+                    print(f"done {block} frames, steering {mode}" + (f", {callback} callback" if callback else "")
+                          + (f", {steps} learned steps" if steps is not None else ""), file=sys.stderr, flush=True)
     if args.json:
         print(json.dumps(rows, indent=2))
         return
@@ -138,7 +144,8 @@ def print_table(rows: list[dict]) -> None:
         gap = (r.get("callback_gap_us") or {}).get("max")
         gap_text = f"{gap / 1000:.1f} ms" if gap is not None else "-"
         print(f"| {r['block_frames']} | {r['block_period_us'] / 1000:.2f} ms | {r['mode']}"
-              f"{', fast-predict' if r.get('fast_predict') else ''} | "
+              f"{', fast-predict' if r.get('fast_predict') else ''}"
+              f"{'' if r.get('learned_steps') is None else ', %d learned steps' % r['learned_steps']} | "
               f"{r.get('callback', 'python')} | {us['p50']:.0f} / {us['p99']:.0f} / {us['max']:.0f} | {r['callback_load_p99']:.1%} | {gap_text} | "
               f"{r['xruns']} / {r['server_xruns']} | {r['updates']} | {lat_text} | "
               f"{r['process_cpu_percent']:.1f}% | {r['cpu_steal_ms']:.0f} ms |")

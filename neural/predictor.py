@@ -141,11 +141,16 @@ class SteeringPredictor(nn.Module):
             raw = self.refine(raw, hidden, z_target, probe(self, raw, objective, sample_rate), step)
         return raw
 
+    def check_learned_steps(self, learned_steps: int | None, flag: str = "learned steps") -> None:
+        """Refuse, with one line, a count of learned steps this predictor does not have."""
+        if learned_steps is not None and not 0 <= learned_steps <= len(self.steps()):
+            raise TimbreclipError(f"{flag} {learned_steps}: this steering predictor has 0 to {len(self.steps())} "
+                                  "learned steps")
+
     def truncated(self, learned_steps: int) -> "SteeringPredictor":
         """A copy that stops after its first ``learned_steps`` learned steps (0: the first answer alone): fewer
         probes, a faster pass."""
-        if not 0 <= learned_steps <= len(self.steps()):
-            raise TimbreclipError(f"learned steps: {learned_steps} asked, this predictor has 0 to {len(self.steps())}")
+        self.check_learned_steps(learned_steps)
 
         def kept(key: str) -> bool:
             if key.startswith("refiner."):

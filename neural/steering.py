@@ -71,6 +71,9 @@ class SteeringConfig:
     # step it displaced in 0.3 s (benchmarks/predictor_steps.py, share of the fast fit's objective gain: 94.6% against
     # 94.9%, then 96.5% against 97.0%)
     start_learned_steps: int | None = 1
+    # the predictor's learned steps everywhere else: its EQ alone (`eq --fast-predict`, the live loop's fast updates)
+    # and an offline start (None: all it has; fewer: a faster pass, `--learned-steps`)
+    learned_steps: int | None = None
 
     @classmethod
     def paper(cls, penalty: float = 0.02, surgical: bool = False) -> "SteeringConfig":
@@ -286,7 +289,8 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     start_score = None  # the objective where Adam starts, where a branch below already knows it (else Adam's first
     flat_fallback = False  # look scores the start; with this set, flat replaces a start that scores worse
     if config.init == "predict" and config.steps == 0:  # the prediction alone: one forward pass
-        eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity, objective)
+        eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity, objective,
+                        config.learned_steps)
     elif start is not None and tuple(b.type for b in start.bands) == eq.band_types:
         eq = ParametricEQ.from_settings(start, fe_cfg.sample_rate, ranges).to(device)
     elif config.init == "predict":  # the prediction or flat, whichever scores better (flat's score is obj0; the
@@ -295,7 +299,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         if config.predict_lr is not None:
             lr = config.predict_lr
         eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity, objective,
-                        None if config.time_budget_s is None else config.start_learned_steps)
+                        config.learned_steps if config.time_budget_s is None else config.start_learned_steps)
         flat_fallback = True
     elif config.init == "broad":
         with torch.no_grad():

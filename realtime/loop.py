@@ -109,6 +109,7 @@ class LiveConfig:
     model_dir: str | None = None  # a TimbreCLIP folder (the shell resolves the shipped default)
     device: str = "cpu"  # where the steering worker runs the model (cpu, cuda, cuda:N, auto)
     fast_predict: bool = False  # updates by the one-pass steering predictor instead of the optimiser
+    learned_steps: int | None = None  # with fast_predict: the predictor's learned steps per update (None: all)
     worker: str = "process"  # "process", "thread" (or "inline": the offline clock)
     time_budget_s: float | None = None  # per update; default: 0.6 x update_every, at most 0.35 s
     glide_s: float = 0.020
@@ -344,7 +345,7 @@ class SteeringWorker:
         self.mode = mode
         config = live.config
         args_tail = (config.model_dir, live.rate, config.update_every_s, config.budget(), 1, config.device,
-                     config.fast_predict)
+                     config.fast_predict, config.learned_steps)
         if mode == "process":
             import multiprocessing
 
@@ -429,7 +430,8 @@ def run_offline(config: LiveConfig, audio: np.ndarray, rate: float, sim_latency_
                            "worker": "inline"})
     live = LiveEQ(config)
     model = model if model is not None else TimbreCLIP.load(config.model_dir)
-    steerer = LiveSteerer(model, rate, live_config(None, steps=steps, fast_predict=config.fast_predict))
+    steerer = LiveSteerer(model, rate, live_config(None, steps=steps, fast_predict=config.fast_predict,
+                                                   learned_steps=config.learned_steps))
     block = config.blocksize
     frames = audio.shape[1]
     src = np.ascontiguousarray(np.asarray(audio, np.float32).T)  # (frames, channels), as a sound card hands it over

@@ -48,13 +48,15 @@ class SteeringUpdate:
     held: str | None = None
 
 
-def live_config(time_budget_s: float | None, steps: int = 16, fast_predict: bool = False):
+def live_config(time_budget_s: float | None, steps: int = 16, fast_predict: bool = False,
+                learned_steps: int | None = None):
     """The steering config of a live update: few warm-started steps, early exit, a wall-clock budget; or, with
-    ``fast_predict``, the one-pass predictor alone (milliseconds: updates many times a second)."""
+    ``fast_predict``, the one-pass predictor alone (milliseconds: updates many times a second), taking
+    ``learned_steps`` of its learned steps (None: all)."""
     from timbreclip.neural.steering import SteeringConfig
 
     if fast_predict:
-        return SteeringConfig(init="predict", steps=0, time_budget_s=None)
+        return SteeringConfig(init="predict", steps=0, time_budget_s=None, learned_steps=learned_steps)
     return SteeringConfig(steps=steps, lr=0.1, patience=6, time_budget_s=time_budget_s)
 
 
@@ -110,7 +112,7 @@ class LiveSteerer:
 
 def worker_loop(ring, commands, results, model_dir: str | None, sample_rate: float, update_every_s: float,
                 time_budget_s: float | None, torch_threads: int = 1, device: str = "cpu",
-                fast_predict: bool = False) -> None:
+                fast_predict: bool = False, learned_steps: int | None = None) -> None:
     """Steer forever: every ``update_every_s`` (or as soon as the last update is done, if it took longer) fit the
     EQ to the ring's newest window and put a ``SteeringUpdate`` on ``results``.
 
@@ -136,7 +138,8 @@ def worker_loop(ring, commands, results, model_dir: str | None, sample_rate: flo
 
     model = TimbreCLIP.load(model_dir).to(resolve_device(device))
     model.eval()
-    steerer = LiveSteerer(model, sample_rate, live_config(time_budget_s, fast_predict=fast_predict))
+    steerer = LiveSteerer(model, sample_rate, live_config(time_budget_s, fast_predict=fast_predict,
+                                                          learned_steps=learned_steps))
     # One update on noise before saying ready: torch loads and initialises its kernels lazily (first forward and
     # backward), and that burst of page faults and allocations belongs before the stream starts, not in it.
     noise = (0.1 * np.random.default_rng(0).standard_normal(int(WINDOW_SECONDS * sample_rate))).astype(np.float32)

@@ -160,6 +160,52 @@ def test_eq_fast_predict_cli(setup, tmp_path, capsys):
     assert "no steering predictor" in capsys.readouterr().err and not (tmp_path / "y.wav").exists()
 
 
+def test_learned_steps_choose_how_far_the_prediction_goes_in_eq_and_the_live_loop(setup, tmp_path, capsys):
+    """``--learned-steps N`` (``eq --fast-predict`` or ``--init predict``; ``live --fast-predict``): the prediction
+    stops after N learned steps (``SteeringConfig.learned_steps``), the same EQ as the predictor truncated there; a
+    count the predictor does not have, or the flag without the predictor, is one line and exit 2 before any work."""
+    import json
+
+    model_dir, data, _ = setup
+    model = TimbreCLIP.load(model_dir)
+    predictor = SteeringPredictor.load(model_dir, model)
+    assert len(predictor.steps()) == 1
+    note = str(data / "n3.wav")
+    for n in (None, 0):
+        assert main(["eq", note, "-o", str(tmp_path / f"{n}.wav"), "--prompt", "warm", "--fast-predict", "--model",
+                     str(model_dir), "--settings-out", str(tmp_path / f"{n}.json")]
+                    + ([] if n is None else ["--learned-steps", str(n)])) == 0
+    capsys.readouterr()
+    bands = {n: json.loads((tmp_path / f"{n}.json").read_text())["bands"] for n in (None, 0)}
+    assert bands[None] != bands[0]
+    windows = torch.from_numpy(prepare_audio(_tone(110 * 2 ** (3 / 12), bright=0.0), 16000, model.config.frontend))
+    alone = SteeringConfig.offline(init="predict", steps=0)
+    first = steer(model, windows, {"warm": 1.0}, 0.5, replace(alone, learned_steps=0))
+    cut = steer(model, windows, {"warm": 1.0}, 0.5, alone, predictor=predictor.truncated(0))
+    full = steer(model, windows, {"warm": 1.0}, 0.5, alone)
+    torch.testing.assert_close(first.eq.gain_db, cut.eq.gain_db, atol=0, rtol=0)
+    assert not torch.equal(first.eq.gain_db, full.eq.gain_db)
+
+    out = tmp_path / "refused.wav"
+    for args, message in (
+            (["eq", note, "-o", str(out), "--prompt", "warm", "--fast-predict", "--learned-steps", "2"],
+             "--learned-steps 2: this steering predictor has 0 to 1 learned steps"),
+            (["eq", note, "-o", str(out), "--prompt", "warm", "--learned-steps", "1"],
+             "add --fast-predict or --init predict"),
+            (["live", "--input-file", note, "--output-file", str(out), "--prompt", "warm", "--learned-steps", "1"],
+             "add --fast-predict"),
+            (["live", "--input-file", note, "--output-file", str(out), "--prompt", "warm", "--fast-predict",
+              "--learned-steps", "3"], "--learned-steps 3: this steering predictor has 0 to 1 learned steps")):
+        assert main(args + ["--model", str(model_dir)]) == 2, args
+        err = capsys.readouterr().err
+        assert message in err and len(err.strip().splitlines()) == 1, err
+        assert not out.exists()
+    stats = tmp_path / "live.json"
+    assert main(["live", "--input-file", note, "--output-file", str(out), "--prompt", "warm", "--fast-predict",
+                 "--learned-steps", "0", "--update-every", "0.1", "--model", str(model_dir), "--stats",
+                 str(stats)]) == 0
+    assert out.is_file() and json.loads(stats.read_text())["updates"] >= 10
+
 def test_spectral_profile_is_level_free_and_follows_the_spectrum(setup):
     from timbreclip.neural.predictor import spectrum_profile
 

@@ -428,6 +428,10 @@ def _add_eq(sub) -> None:
     p.add_argument("--fast-predict", action="store_true",
                    help="no optimisation: the one-pass steering predictor's EQ (milliseconds; needs a predictor "
                         "beside the model, as the shipped model has)")
+    p.add_argument("--learned-steps", type=_number("--learned-steps", 0, 100, integer=True),
+                   help="with --fast-predict or --init predict: the predictor's learned steps to take (each one "
+                        "more look at the objective, about 12 ms on a laptop-class CPU; default: all it has, 2 for "
+                        "the shipped model; 1 is about twice as fast)")
     p.add_argument("--lr", type=_number("--lr", 0.0, 100.0, lo_open=True),
                    help="learning rate (fast default 0.3; --paper: 0.01)")
     p.add_argument("--paper", action="store_true", help="the paper's optimiser: 5000 Adam steps at lr 1e-2")
@@ -471,13 +475,19 @@ def _run_eq(args) -> int:
             raise TimbreclipError("--fast-predict is one forward pass: it takes no --paper, --surgical, --steps "
                                   "or --init")
         config = replace(config, init="predict", steps=0)
+    if args.learned_steps is not None:
+        if config.init != "predict":
+            raise TimbreclipError("--learned-steps is for the steering predictor: add --fast-predict or --init predict")
+        config = replace(config, learned_steps=args.learned_steps, start_learned_steps=args.learned_steps)
     model = load_torch_model(args.model, args.device)
     if config.init == "predict":
         from timbreclip.neural.predictor import find_predictor
 
-        if find_predictor(model) is None:
+        predictor = find_predictor(model)
+        if predictor is None:
             raise TimbreclipError(f"{args.model or 'the shipped model'}: no steering predictor beside it (train "
                                   "one with `timbreclip train-predictor`)")
+        predictor.check_learned_steps(args.learned_steps, "--learned-steps")
     run = run_eq(args.input, args.output, prompts, model, args.source_weight, config,
                  match_loudness=not args.no_match_loudness, excerpt_seconds=args.excerpt, amount=args.amount)
     if args.settings_out:
@@ -547,6 +557,9 @@ def _add_live(sub) -> None:
     p.add_argument("--fast-predict", action="store_true",
                    help="steer with the one-pass predictor instead of the optimiser (an update in milliseconds: "
                         "pair it with a short --update-every, e.g. 0.1)")
+    p.add_argument("--learned-steps", type=_number("--learned-steps", 0, 100, integer=True),
+                   help="with --fast-predict: the predictor's learned steps per update (default: all it has, 2 "
+                        "for the shipped model; 1 answers about twice as fast, with a less exact EQ)")
     p.add_argument("--device", default="cpu", help="where the steering model runs: cpu, cuda, cuda:N or auto "
                    "(default cpu)")
     p.add_argument("--input-device", help="input device name (or part of it) or index")
@@ -609,19 +622,24 @@ def _run_live(args) -> int:
     from timbreclip.neural.model import resolve_device
 
     resolve_device(args.device)  # a bad --device is one line before any stream opens
+    if args.learned_steps is not None and not args.fast_predict:
+        raise TimbreclipError("--learned-steps is for the steering predictor's updates: add --fast-predict")
     if args.fast_predict:
         from pathlib import Path
 
-        from timbreclip.neural.predictor import PREDICTOR_FILE
+        from timbreclip.neural.predictor import PREDICTOR_FILE, SteeringPredictor
 
         if not (Path(args.model or default_model_path()) / PREDICTOR_FILE).is_file():
             raise TimbreclipError(f"--fast-predict: {args.model or 'the shipped model'} has no steering predictor "
                                   "beside it (train one with `timbreclip train-predictor`)")
+        if args.learned_steps is not None:  # checked here, not in the worker after the stream has opened
+            SteeringPredictor.load(args.model or default_model_path()).check_learned_steps(args.learned_steps,
+                                                                                            "--learned-steps")
     config = LiveConfig(prompts=prompts, source_weight=args.source_weight, amount=args.amount,
                         sample_rate=args.samplerate, channels=args.channels, blocksize=args.blocksize,
                         update_every_s=args.update_every, model_dir=str(args.model or default_model_path()),
                         worker=args.worker, device=args.device, fast_predict=args.fast_predict,
-                        time_budget_s=args.time_budget, callback=args.callback)
+                        learned_steps=args.learned_steps, time_budget_s=args.time_budget, callback=args.callback)
     if offline:
         from timbreclip.dsp.audio_io import audio_info
         from timbreclip.realtime.stream import run_file
