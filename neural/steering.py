@@ -61,11 +61,16 @@ class SteeringConfig:
     seed: int = 0  # kept for settings files and scripts: nothing in a fit is random
     init: str = "broad"  # "broad" (best of BROAD_MOVES, or flat) or "flat" (the paper's)
     betas: tuple[float, float] = (0.9, 0.999)
+    lr_scales: tuple[float, float, float] = (1.0, 1.0, 1.0)  # Adam's rate per kind of parameter: frequency, gain, Q
     starts: int = 1  # broad moves refined side by side (batched); the best result wins
     time_budget_s: float | None = 0.95  # wall-clock cap per window listened to (embeddings included); None = none
     # Adam's learning rate when the fit starts from the predictor's EQ: Adam's first step moves every parameter by
     # about the learning rate, which throws away part of a good start (benchmarks/start_lr.py, validation notes)
     predict_lr: float | None = 0.15
+    # Adam's betas there (None: ``betas``): a budgeted start takes about 20 steps, which the default betas (made for
+    # long runs: the slope averaged over about 10 steps, its size over about 1,000) serve less well
+    # (benchmarks/start_lr.py --variant, validation notes; docs/experiments/v3/start-betas-PLAN.md)
+    predict_betas: tuple[float, float] | None = (0.7, 0.99)
     # the predictor's learned steps used where its EQ starts a fit with a time budget (None: all it has; offline
     # fits use all): each costs about what an Adam step costs, and on validation a third step was not worth the Adam
     # step it displaced in 0.3 s (benchmarks/predictor_steps.py, share of the fast fit's objective gain: 94.6% against
@@ -280,7 +285,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
             z_source = F.normalize(encoder(fe.features_from_power(power)).mean(0), dim=-1)
             target = steering_target(model, z_source, prompts, source_weight)
     ranges = steering_ranges(config)
-    lr = config.lr
+    lr, betas = config.lr, config.betas
     eq = ParametricEQ(fe_cfg.sample_rate, ranges=ranges).to(device)
     objective = steering_objective(model, power, target, config)
     with torch.no_grad():  # flat, which every mode's improvement is measured from: its embedding is the source's
@@ -298,6 +303,8 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
         # less (90.4% against 92.4% of the full fit's gain on 24 validation fits)
         if config.predict_lr is not None:
             lr = config.predict_lr
+        if config.predict_betas is not None:
+            betas = config.predict_betas
         eq = _predicted(predictor, z_source, target, fe_cfg.sample_rate, ranges, profile, sensitivity, objective,
                         config.learned_steps if config.time_budget_s is None else config.start_learned_steps)
         flat_fallback = True
@@ -314,7 +321,8 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
     else:
         raise ValueError(f"unknown steering init {config.init!r} (broad, predict or flat)")
 
-    opt = torch.optim.Adam(eq.parameters(), lr=lr, betas=config.betas)
+    opt = torch.optim.Adam([{"params": [p], "lr": lr * k, "scale": k}
+                            for p, k in zip((eq.raw_freq, eq.raw_gain, eq.raw_q), config.lr_scales)], betas=betas)
     best, since = start_score, 0
     best_state = {k: v.detach().clone() for k, v in eq.state_dict().items()}
     loop_started, done = time.perf_counter(), 0
@@ -325,7 +333,7 @@ def steer(model, windows: torch.Tensor, prompts: dict[str, float], source_weight
                 break  # the next step and the final check would end past the budget: a live fit answers in time
         if config.schedule == "cosine":
             for g in opt.param_groups:
-                g["lr"] = lr * 0.5 * (1 + math.cos(math.pi * (step - 1) / config.steps))
+                g["lr"] = lr * g["scale"] * 0.5 * (1 + math.cos(math.pi * (step - 1) / config.steps))
         losses = objective(eq)[0]
         value = float(losses.detach().min())
         if best is None:  # this first look scores the start (no separate pass for it)

@@ -107,6 +107,29 @@ def test_a_predicted_start_is_refined_at_its_own_learning_rate(setup):
     assert max(large.values()) > 0.1, large  # a step the last one would have kept (or none, where it overshot)
 
 
+def test_a_predicted_start_is_refined_with_its_own_betas(setup, monkeypatch):
+    """``predict_betas``: Adam's betas where the fit starts from the prediction; every other start keeps ``betas``."""
+    model_dir, _, _ = setup
+    model = TimbreCLIP.load(model_dir)
+    windows = torch.from_numpy(prepare_audio(_tone(220), 16000, model.config.frontend))
+    seen = []
+    real_step = torch.optim.Adam.step
+
+    def recording_step(self, *args, **kwargs):
+        seen.append({tuple(g["betas"]) for g in self.param_groups})
+        return real_step(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", recording_step)
+    base = SteeringConfig.offline(steps=2, early_exit=False, predict_betas=(0.5, 0.9))
+    for init, expected in (("predict", (0.5, 0.9)), ("broad", (0.9, 0.999)), ("flat", (0.9, 0.999))):
+        seen.clear()
+        steer(model, windows, {"bright": 1.0}, 0.5, replace(base, init=init))
+        assert seen and all(s == {expected} for s in seen), (init, seen)
+    seen.clear()
+    steer(model, windows, {"bright": 1.0}, 0.5, replace(base, init="predict", predict_betas=None))
+    assert all(s == {(0.9, 0.999)} for s in seen)
+
+
 def test_a_prediction_worse_than_flat_gives_way_to_flat_and_flat_is_scored_without_the_encoder(setup):
     """The prediction is scored by Adam's first look (no pass of its own): where it scores worse than flat, Adam
     starts flat, so the fit is the one a flat start makes at the same rate. The flat score every mode starts from
