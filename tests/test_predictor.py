@@ -108,7 +108,10 @@ def test_a_predicted_start_is_refined_at_its_own_learning_rate(setup):
 
 
 def test_a_predicted_start_is_refined_with_its_own_betas(setup, monkeypatch):
-    """``predict_betas``: Adam's betas where the fit starts from the prediction; every other start keeps ``betas``."""
+    """``predict_betas``: Adam's betas where the fit starts from the prediction; every other start keeps ``betas``.
+    ``lr_scales``: Adam's rate per kind of parameter."""
+    from timbreclip.dsp.parametric_eq import ParametricEQ
+
     model_dir, _, _ = setup
     model = TimbreCLIP.load(model_dir)
     windows = torch.from_numpy(prepare_audio(_tone(220), 16000, model.config.frontend))
@@ -128,6 +131,13 @@ def test_a_predicted_start_is_refined_with_its_own_betas(setup, monkeypatch):
     seen.clear()
     steer(model, windows, {"bright": 1.0}, 0.5, replace(base, init="predict", predict_betas=None))
     assert all(s == {(0.9, 0.999)} for s in seen)
+    # Adam's rate per kind of parameter (frequency, gain, Q): a kind at rate 0 stays where the start put it
+    flat = SteeringConfig.offline(steps=3, early_exit=False, init="flat")
+    moved = steer(model, windows, {"bright": 1.0}, 0.5, flat).eq
+    held = steer(model, windows, {"bright": 1.0}, 0.5, replace(flat, lr_scales=(0.0, 1.0, 0.0))).eq
+    start = ParametricEQ(16000, ranges=held.ranges)
+    assert torch.equal(held.raw_freq, start.raw_freq) and torch.equal(held.raw_q, start.raw_q)
+    assert not torch.equal(held.raw_gain, start.raw_gain) and not torch.equal(moved.raw_freq, start.raw_freq)
 
 
 def test_a_prediction_worse_than_flat_gives_way_to_flat_and_flat_is_scored_without_the_encoder(setup):
