@@ -145,7 +145,7 @@ def print_table(rows: list[dict]) -> None:
         gap_text = f"{gap / 1000:.1f} ms" if gap is not None else "-"
         print(f"| {r['block_frames']} | {r['block_period_us'] / 1000:.2f} ms | {r['mode']}"
               f"{', fast-predict' if r.get('fast_predict') else ''}"
-              f"{'' if r.get('learned_steps') is None else ', %d learned steps' % r['learned_steps']} | "
+              f"{'' if r.get('learned_steps') is None else ', %d learned step%s' % (r['learned_steps'], 's' * (r['learned_steps'] != 1))} | "
               f"{r.get('callback', 'python')} | {us['p50']:.0f} / {us['p99']:.0f} / {us['max']:.0f} | {r['callback_load_p99']:.1%} | {gap_text} | "
               f"{r['xruns']} / {r['server_xruns']} | {r['updates']} | {lat_text} | "
               f"{r['process_cpu_percent']:.1f}% | {r['cpu_steal_ms']:.0f} ms |")
