@@ -142,7 +142,7 @@ def test_a_predicted_start_is_refined_with_its_own_betas(setup, monkeypatch):
 
 def test_a_prediction_worse_than_flat_gives_way_to_flat_and_flat_is_scored_without_the_encoder(setup):
     """The prediction is scored by Adam's first look (no pass of its own): where it scores worse than flat, Adam
-    starts flat, so the fit is the one a flat start makes at the same rate. The flat score every mode starts from
+    starts flat, so the fit is the one a flat start makes at the same rate and betas. The flat score every mode starts from
     comes from the source's embedding (no pass of its own either) and equals the objective at flat."""
     from timbreclip.dsp.parametric_eq import ParametricEQ
     from timbreclip.neural.steering import steering_objective
@@ -160,7 +160,8 @@ def test_a_prediction_worse_than_flat_gives_way_to_flat_and_flat_is_scored_witho
     alone = steer(model, windows, {"warm": 1.0}, 0.5, replace(config, steps=0), predictor=harsh)
     assert alone.objective_after > alone.objective_before + 0.01  # the harsh answer really is worse than flat
     fell_back = steer(model, windows, {"warm": 1.0}, 0.5, config, predictor=harsh)
-    from_flat = steer(model, windows, {"warm": 1.0}, 0.5, replace(config, init="flat", lr=0.05))
+    from_flat = steer(model, windows, {"warm": 1.0}, 0.5, replace(config, init="flat", lr=0.05,
+                                                                  betas=config.predict_betas))  # the same Adam
     assert torch.equal(fell_back.eq.raw().detach(), from_flat.eq.raw().detach())
     assert fell_back.objective_after == pytest.approx(from_flat.objective_after, abs=1e-7)
     with torch.no_grad():
