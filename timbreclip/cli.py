@@ -430,7 +430,7 @@ def _add_eq(sub) -> None:
                         "beside the model, as the shipped model has)")
     p.add_argument("--learned-steps", type=_number("--learned-steps", 0, 100, integer=True),
                    help="with --fast-predict or --init predict: the predictor's learned steps to take (each one "
-                        "more look at the objective, about 12 ms on a laptop-class CPU; default: all it has, 2 for "
+                        "more look at the objective, 10-17 ms on a 2-core CPU; default: all it has, 2 for "
                         "the shipped model; 1 is about twice as fast)")
     p.add_argument("--lr", type=_number("--lr", 0.0, 100.0, lo_open=True),
                    help="learning rate (fast default 0.3; --paper: 0.01)")
