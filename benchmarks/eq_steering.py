@@ -32,6 +32,7 @@ import torch
 from timbreclip.defaults import load_torch_model
 from timbreclip.dsp.audio_io import read_audio
 from timbreclip.dsp.descriptors import low_energy_share, spectral_centroid_hz
+from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.dsp.loudness import loudness_lufs
 from timbreclip.neural.frontend import prepare_audio
 from timbreclip.neural.steering import CURVE_HIGH_HZ, CURVE_LOW_HZ, SteeringConfig, steer, steering_objective
@@ -105,9 +106,10 @@ def benchmark_predictor(model, args):
     if predictor is None:
         raise SystemExit("--predictor: the model has no steering predictor beside it")
     if args.predictor_steps is not None:
-        if not 0 <= args.predictor_steps <= len(predictor.steps()):
-            raise SystemExit(f"--predictor-steps: {args.predictor_steps}; this predictor has 0 to "
-                             f"{len(predictor.steps())} learned steps")
+        try:
+            predictor.check_learned_steps(args.predictor_steps, "--predictor-steps")
+        except TimbreclipError as err:
+            raise SystemExit(str(err)) from None
         predictor = predictor.truncated(args.predictor_steps)
     return predictor
 

@@ -23,6 +23,7 @@ import torch
 from eq_steering import PROMPTS, BASS_MAX_PITCH, measure, mode_config, note_arguments, pick_notes
 from timbreclip.defaults import load_torch_model
 from timbreclip.dsp.audio_io import read_audio
+from timbreclip.dsp.errors import TimbreclipError
 from timbreclip.neural.frontend import prepare_audio
 from timbreclip.neural.predictor import find_predictor, predictor_inputs
 from timbreclip.neural.steering import SteeringConfig, steer, steering_objective
@@ -42,8 +43,11 @@ def main() -> None:
     if full is None:
         raise SystemExit("the model has no steering predictor beside it")
     counts = args.learned_steps if args.learned_steps is not None else list(range(len(full.steps()) + 1))
-    if any(not 0 <= c <= len(full.steps()) for c in counts):
-        raise SystemExit(f"--learned-steps: this predictor has 0 to {len(full.steps())} learned steps")
+    for c in counts:
+        try:
+            full.check_learned_steps(c, "--learned-steps")
+        except TimbreclipError as err:
+            raise SystemExit(str(err)) from None
     predictors = {c: full.truncated(c) for c in counts}
     reference = mode_config("default", None)  # fixed steps: the steering benchmark's one-pass reference
     alone = SteeringConfig.offline(init="predict", steps=0)
